@@ -1,0 +1,69 @@
+"""Power iteration on Hessian-vector products (paper Algorithm 1).
+
+Shared by the Eigen-SAM integrator of the simulation core, the ``EigenSAM`` training
+optimizer and the curvature diagnostics, so all three estimate v̂ the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .._checks import check_int
+
+__all__ = ["PowerIterationResult", "power_iteration", "unit_vector", "random_unit_vector"]
+
+
+def unit_vector(v: Tensor) -> Tensor:
+    """v / ‖v‖ along the last dimension; a zero vector stays zero (no NaN)."""
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    return v / norm.clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def random_unit_vector(shape, *, generator: torch.Generator | None = None,
+                       dtype=None, device=None) -> Tensor:
+    """A uniformly random unit vector (Gaussian, normalised along the last dimension)."""
+    v = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    return unit_vector(v)
+
+
+@dataclass
+class PowerIterationResult:
+    """Outcome of ``power_iteration``.
+
+    Attributes:
+        vector: the estimate v̂ after the last normalisation, shape (..., d), unit norm.
+        eigenvalue: Rayleigh quotient ⟨v, Hv⟩ of the vector fed to the last product,
+            shape (...). It costs no extra product.
+        num_hvps: Hessian-vector products spent (= ``num_iters``).
+    """
+
+    vector: Tensor
+    eigenvalue: Tensor
+    num_hvps: int
+
+
+def power_iteration(hvp: Callable[[Tensor], Tensor], v0: Tensor, num_iters: int) -> PowerIterationResult:
+    """Algorithm 1: ``num_iters`` times v ← Hv / ‖Hv‖, warm-started from ``v0``.
+
+    Args:
+        hvp: maps a batch of vectors (..., d) to the Hessian-vector products (..., d).
+            Each leading index may carry its own Hessian (e.g. one per trajectory).
+        v0: the starting vector(s), shape (..., d); normalised before the first product.
+            Pass the previous estimate to warm-start (Alg. 2), or ``random_unit_vector``.
+        num_iters: q ≥ 1, the number of Hessian-vector products.
+
+    Note: plain power iteration finds the eigenvalue of largest *magnitude*; near a
+    saddle with a dominant negative eigenvalue it returns that one (as the paper's
+    algorithm does). Use ``sdesam.curvature`` Lanczos for the algebraically largest.
+    """
+    num_iters = check_int("num_iters", num_iters, 1)
+    v = unit_vector(v0)
+    rayleigh = None
+    for _ in range(num_iters):
+        hv = hvp(v)
+        rayleigh = (v * hv).sum(-1)
+        v = unit_vector(hv)
+    return PowerIterationResult(vector=v, eigenvalue=rayleigh, num_hvps=num_iters)
