@@ -1,0 +1,181 @@
+"""Discrete SAM-family integrators on a ``Problem`` (DESIGN §3.3).
+
+    SGD          x ← x − η g_γ
+    SAM (Eq. 1)  x ← x − η ∇f_γ(x + ρ g_γ/‖g_γ‖)
+    USAM         x ← x − η ∇f_γ(x + ρ g_γ)
+    Reverse-SAM  x ← x − η ∇f_γ(x − ρ g_γ/‖g_γ‖)                   (Appendix A)
+    EGR          x ← x − η (g_γ + ρ ∇²f_γ g_γ/‖g_γ‖) = x − η ∇[f_γ + ρ‖∇f_γ‖]
+    Eigen-SAM    x ← x − η ∇f_γ(x + ρ ε_γ),  ε_γ = u_γ + α sign(⟨g_γ, v̂⟩) v̂⊥  (Eq. 7–8)
+
+Every step draws one fresh minibatch per trajectory, i.i.d. across steps (uniform
+B-subsets, as the SDE theory assumes), from the generator keyed (seed, step).
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from . import perturbations
+from ._checks import check_choice, check_int, check_nonnegative
+from .curvature.power import power_iteration, random_unit_vector
+from .dynamics import Dynamics, RunState
+from .problem import Problem, seeded_generator
+
+__all__ = ["SGD", "SAM", "USAM", "ReverseSAM", "EGR", "EigenSAM", "STREAM_BATCH", "STREAM_NOISE",
+           "STREAM_INIT"]
+
+# Independent random streams of a run: generator key = (seed, stream, step).
+STREAM_BATCH, STREAM_NOISE, STREAM_INIT = 0, 1, 2
+
+
+def draw_batches(problem: Problem, seed: int, index: int, num_trajectories: int,
+                 per_trajectory: int = 1) -> Tensor:
+    """Minibatches of step (or SDE sub-step) ``index``: LongTensor (M, per_trajectory, B).
+
+    Keyed by (seed, STREAM_BATCH, index), so the draw is reproducible and independent
+    of what ran before.
+    """
+    gen = seeded_generator(seed, STREAM_BATCH, index, device=problem.device)
+    return problem.sample_batches(num_trajectories * per_trajectory, gen).reshape(
+        num_trajectories, per_trajectory, -1)
+
+
+def step_batches(problem: Problem, state: RunState) -> Tensor:
+    """One minibatch per trajectory for the current step of ``state``: (M, B)."""
+    return draw_batches(problem, state.seed, state.step, state.x.shape[0])[:, 0]
+
+
+class SGD(Dynamics):
+    """x ← x − η g_γ."""
+
+    name = "sgd"
+
+    def __init__(self, problem: Problem, eta: float, rho: float | None = None):
+        # ``rho`` is accepted (and unused) so that all dynamics share one signature.
+        super().__init__(problem, eta)
+
+    def _step(self, state):
+        batch = step_batches(self.problem, state)
+        state.x -= self.eta * self.problem.gradient(state.x, batch)
+
+
+class _Perturbed(Dynamics):
+    """x ← x − η ∇f_γ(x + ρ ε_γ) for a perturbation rule ε_γ = rule(g_γ)."""
+
+    rule: perturbations.PerturbationRule
+
+    def __init__(self, problem: Problem, eta: float, rho: float):
+        super().__init__(problem, eta)
+        self.rho = check_nonnegative("rho", rho)
+
+    def config(self):
+        return {**super().config(), "rho": self.rho, **self.rule.config()}
+
+    def _perturbed_step(self, state: RunState, batch: Tensor, eigvec: Tensor | None = None,
+                        rule: perturbations.PerturbationRule | None = None):
+        rule = rule or self.rule
+        g = self.problem.gradient(state.x, batch)
+        eps = rule(g, eigvec)
+        state.x -= self.eta * self.problem.gradient(state.x + self.rho * eps, batch)
+
+    def _step(self, state):
+        self._perturbed_step(state, step_batches(self.problem, state))
+
+
+class SAM(_Perturbed):
+    """Discrete SAM, paper Eq. 1: ε = g/‖g‖."""
+
+    name = "sam"
+    rule = perturbations.SAM()
+
+
+class USAM(_Perturbed):
+    """Unnormalised SAM: ε = g."""
+
+    name = "usam"
+    rule = perturbations.USAM()
+
+
+class ReverseSAM(_Perturbed):
+    """Reverse-SAM (Appendix A): ε = −g/‖g‖."""
+
+    name = "reverse_sam"
+    rule = perturbations.ReverseSAM()
+
+
+class EGR(_Perturbed):
+    """Explicit gradient regularisation with coefficient ρ: x ← x − η v¹ (SAM rule)."""
+
+    name = "egr"
+    rule = perturbations.SAM()
+
+    def _step(self, state):
+        batch = step_batches(self.problem, state)
+        tv = self.problem.taylor(state.x, batch, self.rule, self.rho, order=1)
+        state.x -= self.eta * tv.v
+
+
+class EigenSAM(_Perturbed):
+    """Eigen-SAM, paper Algorithms 1–2 with Eq. 7–8.
+
+    Args:
+        problem, eta, rho: as for SAM.
+        alpha: alignment strength α ≥ 0 (paper 0.2).
+        p: refresh interval of the eigenvector estimate, in steps (paper 100).
+        q: power iterations per refresh, on the current minibatch (paper 5).
+        p_counting: ``"global"`` (paper: counter t₁ = 1, 2, … over the whole run) or
+            ``"epoch"`` (official code: the counter restarts every ``steps_per_epoch``).
+        first_refresh: ``"start"`` (paper Alg. 2: refresh when t₁ mod p = 1, so v̂
+            exists from the first step) or ``"after_p"`` (official code: refresh when
+            t₁ mod p = 0; until the first refresh ε = g unnormalised, i.e. USAM).
+        renormalize: use ε/‖ε‖ instead of Eq. 8's unnormalised ε.
+        steps_per_epoch: for ``p_counting="epoch"``; default ⌊n/B⌋.
+
+    The first estimate is warm-started from a random unit vector drawn from the
+    run's seed; later ones from the previous v̂ (stored in ``state.extra["eigvec"]``).
+    """
+
+    name = "eigen_sam"
+
+    def __init__(self, problem: Problem, eta: float, rho: float, alpha: float = 0.2, p: int = 100,
+                 q: int = 5, *, p_counting: str = "global", first_refresh: str = "start",
+                 renormalize: bool = False, steps_per_epoch: int | None = None):
+        super().__init__(problem, eta, rho)
+        self.rule = perturbations.EigenSAM(alpha, renormalize=renormalize)
+        self.p = check_int("p", p, 1)
+        self.q = check_int("q", q, 1)
+        self.p_counting = check_choice("p_counting", p_counting, {"global", "epoch"})
+        self.first_refresh = check_choice("first_refresh", first_refresh, {"start", "after_p"})
+        spe = steps_per_epoch if steps_per_epoch is not None else problem.n_train // problem.batch_size
+        self.steps_per_epoch = check_int("steps_per_epoch", spe, 1)
+
+    def config(self):
+        return {**super().config(), "p": self.p, "q": self.q, "p_counting": self.p_counting,
+                "first_refresh": self.first_refresh, "steps_per_epoch": self.steps_per_epoch}
+
+    def counter(self, step: int) -> int:
+        """The 1-based counter t₁ of Algorithm 2 at 0-based global step ``step``."""
+        return step % self.steps_per_epoch + 1 if self.p_counting == "epoch" else step + 1
+
+    def refreshes_at(self, step: int) -> bool:
+        """Whether v̂ is re-estimated at 0-based global step ``step``."""
+        t1 = self.counter(step)
+        return (t1 % self.p == 1 % self.p) if self.first_refresh == "start" else (t1 % self.p == 0)
+
+    def init_state(self, x0=None, seed=0):
+        state = super().init_state(x0, seed)
+        gen = seeded_generator(state.seed, STREAM_INIT, 0, device=self.problem.device)
+        state.extra["eigvec"] = random_unit_vector(state.x.shape, generator=gen, dtype=state.x.dtype,
+                                                   device=self.problem.device)
+        return state
+
+    def _step(self, state):
+        batch = step_batches(self.problem, state)
+        if self.refreshes_at(state.step):
+            result = power_iteration(lambda v: self.problem.hvp(state.x, batch, v),
+                                     state.extra["eigvec"], self.q)
+            state.extra["eigvec"] = result.vector
+            state.extra["has_estimate"] = state.x.new_ones(())
+        if self.first_refresh == "after_p" and "has_estimate" not in state.extra:
+            self._perturbed_step(state, batch, rule=perturbations.USAM())
+        else:
+            self._perturbed_step(state, batch, state.extra["eigvec"])

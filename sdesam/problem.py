@@ -1,0 +1,441 @@
+"""Problems: flat parameters x ∈ R^d and the loss f_γ(x) of one minibatch γ.
+
+A minibatch γ is B distinct example indices drawn uniformly without replacement
+from the n training examples; f_γ(x) is the mean loss over γ and f(x) = E_γ f_γ(x) is
+the mean training loss (DESIGN §3).
+
+Shapes. Every oracle takes ``x`` of shape (*Sx, d) and ``batch`` (a LongTensor of
+example indices) of shape (*Sb, B); the leading shapes broadcast to S and the result
+has shape (*S, d) (or (*S,) for losses). So one call evaluates K minibatches at one
+point (x: (d,), batch: (K, B)), M trajectories with a minibatch each (x: (M, d),
+batch: (M, B)), or all enumerated minibatches of a toy problem at M points
+(x: (M, 1, d), batch: (N, B)).
+
+Two constructors:
+
+* ``FunctionProblem`` — a per-example loss written in torch ops that broadcast over
+  leading dimensions (toy problems). Oracles by vectorised autograd: one call for
+  all leading indices, fast for 10⁵ trajectories of a few-dimensional problem.
+* ``ModuleProblem`` — any ``nn.Module`` + loss + data tensors. The flat vector is
+  split into views that play the module's parameters (``torch.func.functional_call``),
+  or, for ``nn.Sequential`` stacks of standard layers, the Taylor-mode path of
+  ``sdesam.jet``.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from abc import ABC, abstractmethod
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_choice, check_int, check_nonnegative
+from .jet import SequentialJet
+from .oracles import (TaylorVectors, autograd_gradient, autograd_hvp, autograd_taylor,
+                      check_order)
+from .perturbations import PerturbationRule, get_rule
+
+__all__ = ["Problem", "FunctionProblem", "ModuleProblem", "derived_seed", "seeded_generator"]
+
+
+def derived_seed(*key: int) -> int:
+    """A 63-bit seed hashed from a tuple of non-negative integers (e.g. (seed, stream, step)).
+
+    Hashing the whole tuple (numpy's SeedSequence) keeps the streams of different
+    keys independent, so a run can draw the randomness of step k without having
+    drawn that of steps < k: resumed and re-ordered runs see the same randomness.
+    """
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def seeded_generator(*key: int, device="cpu") -> torch.Generator:
+    """A torch.Generator seeded with ``derived_seed(*key)``."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(derived_seed(*key))
+    return gen
+
+
+class Problem(ABC):
+    """A minibatch loss over flat parameters. Subclasses implement ``loss``.
+
+    Attributes:
+        x0: initial parameters, shape (d,).
+        n_train: number of training examples n.
+        batch_size: minibatch size B (1 ≤ B ≤ n).
+        name: label used in records.
+    """
+
+    def __init__(self, *, x0: Tensor, n_train: int, batch_size: int, name: str):
+        if x0.dim() != 1:
+            raise ValueError(f"x0 must be a flat vector of shape (d,), got shape {tuple(x0.shape)}")
+        self.n_train = check_int("n_train", n_train, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        if self.batch_size > self.n_train:
+            raise ValueError(f"batch_size={batch_size} is larger than the number of training "
+                             f"examples n_train={n_train}")
+        self.x0 = x0.detach()
+        self.name = name
+
+    # -- basic properties -----------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.x0.numel()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x0.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x0.device
+
+    def config(self) -> dict:
+        """JSON-serialisable description saved next to results."""
+        return {"problem": self.name, "dim": self.dim, "n_train": self.n_train,
+                "batch_size": self.batch_size, "dtype": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device)}
+
+    # -- minibatches ----------------------------------------------------------------
+    def sample_batches(self, num: int, generator: torch.Generator) -> Tensor:
+        """``num`` i.i.d. minibatches, each B distinct indices uniform without replacement.
+
+        Returns a LongTensor (num, B) on the problem's device. Each row is a uniformly
+        random B-subset (in random order). When B² ≪ n, rows are drawn with
+        replacement and rows with a repeat are redrawn (exact rejection sampling,
+        O(B) per row); otherwise by a random permutation (O(n) per row).
+        """
+        num = check_int("num", num, 1)
+        n, B = self.n_train, self.batch_size
+        gdev = generator.device
+        if B * B <= 2 * n:
+            idx = torch.randint(n, (num, B), generator=generator, device=gdev)
+            while True:
+                s = idx.sort(dim=1).values
+                bad = (s[:, 1:] == s[:, :-1]).any(dim=1)
+                if not bad.any():
+                    break
+                nbad = int(bad.sum())
+                idx[bad] = torch.randint(n, (nbad, B), generator=generator, device=gdev)
+        else:
+            idx = torch.rand(num, n, generator=generator, device=gdev).argsort(dim=1)[:, :B]
+        return idx.to(self.device)
+
+    def num_minibatches(self) -> int:
+        """C(n, B): the number of distinct minibatches."""
+        return math.comb(self.n_train, self.batch_size)
+
+    def enumerate_batches(self, max_batches: int = 100_000) -> Tensor:
+        """All C(n, B) minibatches as a LongTensor (N, B), for exact expectations.
+
+        Each B-subset is equally likely under uniform sampling without replacement,
+        so E_γ is the plain mean over the rows. Raises ValueError when N > max_batches.
+        """
+        N = self.num_minibatches()
+        if N > max_batches:
+            raise ValueError(f"cannot enumerate C(n={self.n_train}, B={self.batch_size}) = {N} "
+                             f"minibatches (max_batches={max_batches}); use Monte Carlo (K minibatches)")
+        rows = list(itertools.combinations(range(self.n_train), self.batch_size))
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    # -- oracles --------------------------------------------------------------------
+    def _broadcast(self, x: Tensor, batch: Tensor):
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x has last dimension {x.shape[-1]}, expected d={self.dim}")
+        if batch.dim() < 1 or batch.shape[-1] != self.batch_size:
+            raise ValueError(f"batch must have shape (..., B={self.batch_size}), got {tuple(batch.shape)}")
+        S = torch.broadcast_shapes(x.shape[:-1], batch.shape[:-1])
+        return x.expand(*S, self.dim), batch.expand(*S, self.batch_size)
+
+    @abstractmethod
+    def loss(self, x: Tensor, batch: Tensor) -> Tensor:
+        """f_γ(x): x (*Sx, d), batch (*Sb, B) → (*S,)."""
+
+    def gradient(self, x: Tensor, batch: Tensor) -> Tensor:
+        """g_γ = ∇f_γ(x), shape (*S, d)."""
+        x, batch = self._broadcast(x, batch)
+        return autograd_gradient(lambda z: self.loss(z, batch), x)
+
+    def hvp(self, x: Tensor, batch: Tensor, v: Tensor) -> Tensor:
+        """∇²f_γ(x) v, shape (*S, d); v broadcasts against x."""
+        x, batch = self._broadcast(x, batch)
+        return autograd_hvp(lambda z: self.loss(z, batch), x, v.expand_as(x))
+
+    def taylor(self, x: Tensor, batch: Tensor, rule: PerturbationRule | str = "sam",
+               rho: float = 0.0, order: int = 2, eigvec: Tensor | None = None,
+               components: bool = False) -> TaylorVectors:
+        """g_γ, ε_γ = rule(g_γ) and the Taylor vector v^order (DESIGN §3.1), each (*S, d)."""
+        x, batch = self._broadcast(x, batch)
+        return autograd_taylor(lambda z: self.loss(z, batch), x, get_rule(rule), rho,
+                               order, eigvec, components)
+
+    # -- full data ------------------------------------------------------------------
+    @abstractmethod
+    def full_loss(self, x: Tensor) -> Tensor:
+        """f(x), the mean training loss over all n examples; x (*S, d) → (*S,)."""
+
+    def full_gradient(self, x: Tensor) -> Tensor:
+        """∇f(x) over all n training examples, shape (*S, d)."""
+        return autograd_gradient(self.full_loss, x)
+
+
+class FunctionProblem(Problem):
+    """A toy problem from a per-example loss written with broadcasting torch ops.
+
+    Args:
+        per_example_loss: ``ℓ(x, *examples) -> (*S, b)`` where x has shape (*S, d) and
+            each examples tensor has shape (*S, b, ...) (or (b, ...), broadcasting):
+            the loss of each of the b examples at each point. Write it so that it
+            broadcasts, e.g. ``lambda x, a, y: torch.log(torch.cosh((a *
+            x[..., None, :]).sum(-1) - y))``.
+        data: tuple of tensors whose first dimension indexes the n examples.
+        batch_size: B.
+        x0: initial point, shape (d,).
+        name: label.
+    """
+
+    def __init__(self, per_example_loss: Callable[..., Tensor], data: Sequence[Tensor],
+                 batch_size: int, x0: Tensor, name: str = "function"):
+        data = tuple(data)
+        if not data:
+            raise ValueError("data must hold at least one tensor of examples")
+        n = data[0].shape[0]
+        for i, t in enumerate(data):
+            if t.shape[0] != n:
+                raise ValueError(f"data[{i}] has {t.shape[0]} examples but data[0] has {n}")
+        super().__init__(x0=x0, n_train=n, batch_size=batch_size, name=name)
+        self.per_example_loss = per_example_loss
+        self.data = tuple(t.to(x0.device) for t in data)
+
+    def loss(self, x, batch):
+        x, batch = self._broadcast(x, batch)
+        return self.per_example_loss(x, *(t[batch] for t in self.data)).mean(-1)
+
+    def full_loss(self, x):
+        return self.per_example_loss(x, *self.data).mean(-1)
+
+
+class ModuleProblem(Problem):
+    """A problem from an ``nn.Module``, a loss and training (and test) tensors.
+
+    Args:
+        model: the network; its current parameters are x0 (flattened in
+            ``named_parameters`` order, trainable ones only). The module is put in
+            eval mode: f_γ must be a deterministic function of (x, γ), so dropout is
+            off and BatchNorm uses its running statistics.
+        loss: ``"cross_entropy"`` (integer targets), ``"mse"``, or a callable
+            ``loss(outputs, targets) -> scalar mean``.
+        inputs, targets: training data, first dimension n.
+        batch_size: B.
+        test: optional (inputs, targets) for test metrics.
+        oracle: ``"auto"`` (Taylor-mode jet when the model is a supported Sequential,
+            else autograd), ``"jet"`` or ``"autograd"``.
+        dtype, device: where the parameters and data live (default: the model's).
+        eval_chunk: examples per forward pass in full-data evaluations.
+    """
+
+    def __init__(self, model: nn.Module, loss, inputs: Tensor, targets: Tensor, batch_size: int,
+                 *, test: tuple[Tensor, Tensor] | None = None, oracle: str = "auto",
+                 dtype: torch.dtype | None = None, device=None, eval_chunk: int = 10_000,
+                 name: str | None = None):
+        check_choice("oracle", oracle, {"auto", "jet", "autograd"})
+        if inputs.shape[0] != targets.shape[0]:
+            raise ValueError(f"inputs has {inputs.shape[0]} examples but targets has {targets.shape[0]}")
+        first = next(model.parameters())
+        dtype = dtype or first.dtype
+        device = torch.device(device) if device is not None else first.device
+        model = model.to(device=device, dtype=dtype).eval()
+        self.model = model
+        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        params = dict(model.named_parameters())
+        self._shapes = [params[n].shape for n in self._names]
+        self._sizes = [params[n].numel() for n in self._names]
+        x0 = torch.cat([params[n].detach().reshape(-1) for n in self._names])
+        super().__init__(x0=x0, n_train=inputs.shape[0], batch_size=batch_size,
+                         name=name or type(model).__name__)
+        self.eval_chunk = check_int("eval_chunk", eval_chunk, 1)
+        self.inputs = self._to_device(inputs)
+        self.targets = targets.to(device)
+        self.test = None if test is None else (self._to_device(test[0]), test[1].to(device))
+
+        if isinstance(loss, str):
+            check_choice("loss", loss, {"cross_entropy", "mse"})
+            self._loss_fn = {"cross_entropy": nn.functional.cross_entropy,
+                             "mse": nn.functional.mse_loss}[loss]
+        elif callable(loss):
+            self._loss_fn = loss
+        else:
+            raise ValueError(f"loss must be 'cross_entropy', 'mse' or a callable, got loss={loss!r}")
+        jet_ok = isinstance(loss, str) and SequentialJet.supports(model, loss)
+        if oracle == "jet" and not jet_ok:
+            raise ValueError("oracle='jet' needs an nn.Sequential of supported layers and a string loss; "
+                             "use oracle='autograd'")
+        self.oracle = "jet" if (oracle == "jet" or (oracle == "auto" and jet_ok)) else "autograd"
+        self._jet = SequentialJet(model, loss) if self.oracle == "jet" else None
+
+    def _to_device(self, t: Tensor) -> Tensor:
+        t = t.to(self.device)
+        return t.to(self.dtype) if t.is_floating_point() else t
+
+    def config(self):
+        return {**super().config(), "oracle": self.oracle}
+
+    # -- flat vector <-> parameter views --------------------------------------------
+    def unflatten(self, x: Tensor) -> dict[str, Tensor]:
+        """Views of the flat vector x (d,) shaped like the module's parameters."""
+        return {n: t.view(s) for n, t, s in zip(self._names, torch.split(x, self._sizes), self._shapes)}
+
+    def _leaves(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+        leaves = [t.view(s).requires_grad_(True)
+                  for t, s in zip(torch.split(x.detach(), self._sizes), self._shapes)]
+        return leaves, dict(zip(self._names, leaves))
+
+    def _forward(self, params: dict, inputs: Tensor) -> Tensor:
+        if self._jet is not None:       # same function, without functional_call's overhead
+            return self._jet.activations(params, inputs)[-1]
+        return torch.func.functional_call(self.model, params, (inputs,))
+
+    def _batch_loss(self, params: dict, idx: Tensor) -> Tensor:
+        return self._loss_fn(self._forward(params, self.inputs[idx]), self.targets[idx])
+
+    def _elements(self, x: Tensor, batch: Tensor):
+        """Iterate (flat index, x_i (d,), batch_i (B,)) over the broadcast leading shape."""
+        x, batch = self._broadcast(x, batch)
+        S = x.shape[:-1]
+        xs, bs = x.reshape(-1, self.dim), batch.reshape(-1, self.batch_size)
+        return S, [(i, xs[i], bs[i]) for i in range(xs.shape[0])]
+
+    # -- oracles --------------------------------------------------------------------
+    def loss(self, x, batch):
+        S, elems = self._elements(x, batch)
+        out = torch.stack([self._batch_loss(self.unflatten(xi), bi) for _, xi, bi in elems])
+        return out.reshape(S)
+
+    def gradient(self, x, batch):
+        S, elems = self._elements(x, batch)
+        out = x.new_empty(len(elems), self.dim)
+        with torch.enable_grad():
+            for i, xi, bi in elems:
+                leaves, params = self._leaves(xi)
+                grads = torch.autograd.grad(self._batch_loss(params, bi), leaves)
+                torch.cat([g.reshape(-1) for g in grads], out=out[i])
+        return out.reshape(*S, self.dim)
+
+    def hvp(self, x, batch, v):
+        S, elems = self._elements(x, batch)
+        vs = v.expand(*S, self.dim).reshape(-1, self.dim)
+        out = x.new_empty(len(elems), self.dim)
+        for i, xi, bi in elems:
+            if self._jet is not None:
+                out[i] = self._jet_element(xi, bi, None, 0.0, 1, None, True, tangent=vs[i]).h
+            else:
+                out[i] = autograd_hvp(lambda z: self._batch_loss(self.unflatten(z), bi), xi, vs[i])
+        return out.reshape(*S, self.dim)
+
+    def taylor(self, x, batch, rule="sam", rho=0.0, order=2, eigvec=None, components=False):
+        order = check_order(order)
+        rho = check_nonnegative("rho", rho)
+        rule = get_rule(rule)
+        S, elems = self._elements(x, batch)
+        eig = None
+        if eigvec is not None:
+            eig = eigvec.expand(*S, self.dim).reshape(-1, self.dim)
+        parts = []
+        for i, xi, bi in elems:
+            ei = None if eig is None else eig[i]
+            if self._jet is not None:
+                parts.append(self._jet_element(xi, bi, rule, rho, order, ei, components))
+            else:
+                parts.append(autograd_taylor(lambda z, b=bi: self._batch_loss(self.unflatten(z), b),
+                                             xi, rule, rho, order, ei, components))
+
+        def stack(name):
+            vals = [getattr(p, name) for p in parts]
+            return None if vals[0] is None else torch.stack(vals).reshape(*S, self.dim)
+
+        return TaylorVectors(v=stack("v"), g=stack("g"), eps=stack("eps"), order=order, rho=rho,
+                             h=stack("h"), t=stack("t"))
+
+    def _jet_element(self, x, idx, rule, rho, order, eigvec, components, tangent=None):
+        """One minibatch by Taylor mode (``sdesam.jet``). With ``tangent`` given, returns
+        h = ∇²f_γ(x)·tangent only (the HVP), skipping the gradient's backward."""
+        inputs, targets = self.inputs[idx], self.targets[idx]
+        with torch.enable_grad():
+            leaves, params = self._leaves(x)
+            loss, acts = self._jet.forward(params, inputs, targets)
+            if tangent is not None:
+                tangents = self.unflatten(tangent.detach())
+                l1, _ = self._jet.directional(params, tangents, acts, targets, 1)
+                h = torch.cat([t.reshape(-1) for t in torch.autograd.grad(l1, leaves)])
+                return TaylorVectors(v=h, g=h, eps=tangent, order=1, rho=0.0, h=h)
+            grads = torch.autograd.grad(loss, leaves, retain_graph=order > 0)
+            g = torch.cat([t.reshape(-1) for t in grads])
+            eps = rule(g, eigvec)
+            if order == 0:
+                return TaylorVectors(v=g, g=g, eps=eps, order=0, rho=rho)
+            l1, l2 = self._jet.directional(params, self.unflatten(eps), acts, targets, order)
+            if components:
+                h = torch.cat([t.reshape(-1) for t in
+                               torch.autograd.grad(l1, leaves, retain_graph=order > 1)])
+                t = None
+                if order == 2:
+                    t = torch.cat([t.reshape(-1) for t in torch.autograd.grad(l2, leaves)])
+                    v = g + rho * h + (0.5 * rho * rho) * t
+                else:
+                    v = g + rho * h
+                return TaylorVectors(v=v, g=g, eps=eps, order=order, rho=rho, h=h, t=t)
+            obj = rho * l1 if order == 1 else rho * l1 + (0.5 * rho * rho) * l2
+            w = torch.autograd.grad(obj, leaves)
+            v = torch.cat([t.reshape(-1) for t in w]).add_(g)
+        return TaylorVectors(v=v, g=g, eps=eps, order=order, rho=rho)
+
+    # -- full data ------------------------------------------------------------------
+    def _chunks(self, split: str):
+        if split == "train":
+            X, Y = self.inputs, self.targets
+        elif split == "test":
+            if self.test is None:
+                raise ValueError("this problem has no test data: pass test=(inputs, targets)")
+            X, Y = self.test
+        else:
+            raise ValueError(f"split must be 'train' or 'test', got split={split!r}")
+        n = X.shape[0]
+        for s in range(0, n, self.eval_chunk):
+            yield X[s:s + self.eval_chunk], Y[s:s + self.eval_chunk], n
+
+    def evaluate(self, x: Tensor, split: str = "train") -> dict[str, float]:
+        """Mean loss and (for classification) accuracy over a whole split, x (d,)."""
+        params = self.unflatten(x.detach())
+        total, correct, count = 0.0, 0, 0
+        with torch.no_grad():
+            for X, Y, n in self._chunks(split):
+                out = self._forward(params, X)
+                total += float(self._loss_fn(out, Y)) * X.shape[0]
+                if out.dim() == 2 and not Y.is_floating_point():
+                    correct += int((out.argmax(-1) == Y).sum())
+                count += X.shape[0]
+        res = {"loss": total / count}
+        if not self.targets.is_floating_point():
+            res["accuracy"] = correct / count
+        return res
+
+    def full_loss(self, x):
+        if x.dim() != 1:
+            return torch.stack([self.full_loss(xi) for xi in x.reshape(-1, self.dim)]).reshape(x.shape[:-1])
+        return torch.tensor(self.evaluate(x, "train")["loss"], dtype=self.dtype, device=self.device)
+
+    def full_gradient(self, x):
+        """∇f(x) over all training examples (chunked, example-weighted), x (d,) → (d,)."""
+        if x.dim() != 1:
+            return torch.stack([self.full_gradient(xi) for xi in x.reshape(-1, self.dim)]).reshape(x.shape)
+        out = torch.zeros_like(x)
+        with torch.enable_grad():
+            leaves, params = self._leaves(x)
+            for X, Y, n in self._chunks("train"):
+                loss = self._loss_fn(self._forward(params, X), Y) * (X.shape[0] / n)
+                grads = torch.autograd.grad(loss, leaves)
+                out += torch.cat([g.reshape(-1) for g in grads])
+        return out

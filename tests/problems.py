@@ -1,0 +1,100 @@
+"""Small float64 problems and independent dense references for the tests.
+
+The references never call the code under test: derivatives come from
+``torch.autograd.functional`` on plain functions of a flat vector, or from closed
+forms, and expectations from explicit loops over the enumerated minibatches.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from sdesam.problem import FunctionProblem, ModuleProblem
+
+DTYPE = torch.float64
+
+
+# -- a log-cosh regression with closed-form derivatives ------------------------------
+def logcosh_data(n=6, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, d, generator=g, dtype=DTYPE)
+    y = torch.randn(n, generator=g, dtype=DTYPE)
+    return A, y
+
+
+def logcosh_loss(x, a, y):
+    """Per-example loss log cosh(aᵀx − y), broadcasting over leading dimensions."""
+    return torch.log(torch.cosh((a * x[..., None, :]).sum(-1) - y))
+
+
+def logcosh_problem(n=6, d=3, batch_size=2, seed=0) -> FunctionProblem:
+    A, y = logcosh_data(n, d, seed)
+    x0 = torch.linspace(0.5, 1.5, d, dtype=DTYPE)
+    return FunctionProblem(logcosh_loss, (A, y), batch_size, x0, name="logcosh")
+
+
+class LogCoshReference:
+    """Closed-form g, H·v, ∇³f(u, v) of f_γ(x) = mean_{i∈γ} log cosh(a_iᵀx − y_i)."""
+
+    def __init__(self, A, y):
+        self.A, self.y = A, y
+
+    def _r(self, x, idx):
+        return self.A[idx] @ x - self.y[idx]
+
+    def grad(self, x, idx):
+        return (torch.tanh(self._r(x, idx))[:, None] * self.A[idx]).mean(0)
+
+    def hess(self, x, idx):
+        s2 = 1 / torch.cosh(self._r(x, idx)) ** 2
+        a = self.A[idx]
+        return (s2[:, None, None] * a[:, :, None] * a[:, None, :]).mean(0)
+
+    def third(self, x, idx, u, v):
+        r = self._r(x, idx)
+        d3 = -2 * torch.tanh(r) / torch.cosh(r) ** 2
+        a = self.A[idx]
+        return ((d3 * (a @ u) * (a @ v))[:, None] * a).mean(0)
+
+
+# -- a tiny GeLU MLP -------------------------------------------------------------------
+def tiny_mlp(seed=0, activation=nn.GELU):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), activation(), nn.Linear(4, 2)).to(DTYPE)
+
+
+def tiny_mlp_problem(oracle="auto", n=10, batch_size=3, seed=0, activation=nn.GELU) -> ModuleProblem:
+    g = torch.Generator().manual_seed(seed + 1)
+    X = torch.randn(n, 3, generator=g, dtype=DTYPE)
+    Y = torch.randint(2, (n,), generator=g)
+    return ModuleProblem(tiny_mlp(seed, activation), "cross_entropy", X, Y, batch_size, oracle=oracle,
+                         dtype=DTYPE)
+
+
+def flat_batch_loss(problem: ModuleProblem, idx):
+    """x ↦ f_γ(x) rebuilt independently with ``functional_call`` (no oracle code)."""
+    names = [n for n, _ in problem.model.named_parameters()]
+    shapes = [p.shape for _, p in problem.model.named_parameters()]
+    sizes = [s.numel() for s in shapes]
+    X, Y = problem.inputs[idx], problem.targets[idx]
+
+    def f(x):
+        params = {n: t.reshape(s) for n, t, s in zip(names, torch.split(x, sizes), shapes)}
+        out = torch.func.functional_call(problem.model, params, (X,))
+        return nn.functional.cross_entropy(out, Y)
+    return f
+
+
+def dense_derivatives(f, x):
+    """(g, H, T) of a scalar function of a flat vector, by torch.autograd.functional."""
+    g = torch.autograd.functional.jacobian(f, x)
+    H = torch.autograd.functional.hessian(f, x, vectorize=True)
+    T = torch.autograd.functional.jacobian(
+        lambda z: torch.autograd.functional.hessian(f, z, create_graph=True, vectorize=True), x, vectorize=True)
+    return g, H, T
+
+
+def all_batches(n, B):
+    return [list(c) for c in itertools.combinations(range(n), B)]
