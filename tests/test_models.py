@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from sdesam.models import (MLP, SimpleCNN, WideResNet, resnet18, resnet34, resnet50,
-                           wrn28_10)
+from sdesam.models import (MLP, MODEL_NAMES, SimpleCNN, WideResNet, build_model,
+                           count_parameters, resnet18, resnet34, resnet50, wrn28_10)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -135,3 +135,46 @@ def test_simple_cnn_options():
         SimpleCNN(kernel_size=4)
     with pytest.raises(ValueError, match="image_size"):
         SimpleCNN(image_size=8, kernel_size=5)
+
+
+# -------------------------------------------------------------------------- registry
+
+SMALL = {
+    "mlp": dict(in_features=12, hidden=(6,)),
+    "resnet18": dict(width=4), "resnet34": dict(width=4), "resnet50": dict(width=4),
+    "wrn": dict(depth=10, widen_factor=1),
+    "simple_cnn": dict(n_filters=4, n_dense=8),
+    "vit_tiny": dict(num_layers=1, hidden_dim=16, num_heads=2, mlp_dim=16, patch_size=8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_registry_builds_deterministically(name):
+    torch.manual_seed(3)
+    a = build_model(name, 4, **SMALL[name])
+    torch.manual_seed(3)
+    b = build_model(name, 4, **SMALL[name])
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    x = torch.randn(2, 12) if name == "mlp" else torch.randn(2, 3, 32, 32)
+    assert a.eval()(x).shape == (2, 4)
+
+
+def test_registry_covers_every_name_and_rejects_unknown():
+    assert set(MODEL_NAMES) == {"mlp", "resnet18", "resnet34", "resnet50", "wrn28_10", "wrn",
+                                "simple_cnn", "vit_b16", "vit_tiny"}
+    with pytest.raises(ValueError, match="resnet18"):      # the message lists the choices
+        build_model("resnet19", 10)
+    with pytest.raises(ValueError, match="in_features"):
+        build_model("mlp", 10, in_channels=1)
+    with pytest.raises(TypeError):
+        build_model("resnet18", 10, widht=4)
+    g = build_model("simple_cnn", 10, in_channels=1, image_size=28)
+    assert g(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_registry_standard_sizes():
+    assert count_parameters(build_model("mlp", 10)) == 623_290
+    assert count_parameters(build_model("wrn28_10", 10)) == 36_479_194
+    m = build_model("vit_b16", 10)
+    assert count_parameters(m) == 86_567_656 - 990 * 769        # 1000 -> 10 classes
