@@ -1,0 +1,216 @@
+"""One setting of the weak-error experiment, and the three sweeps built from it.
+
+A *setting* fixes (η, ρ, horizon T, SDE options). In it, M trajectories of the
+discrete process (SAM, Eq. 1) and M of each SDE model run from the same x₀ for
+N = T/η steps of size η; ``validation.stats`` turns their per-block statistics into
+
+    E(η) = max_k |E g(x_k) − E g(X_{kη})|,   k ∈ recorded steps ⊆ {0, …, N},
+
+with bootstrap standard errors. Randomness (``validation.montecarlo``): chunk c of a
+run is seeded with derived_seed(seed, sweep, setting, role, c), role 0 for the
+discrete process and role 1 for the SDEs — so SAM is independent of the SDEs, and the
+SDE models of one setting share their Gaussian increments (and, with Monte Carlo
+expectations, their minibatch draws), which sharpens the comparison between them
+without biasing any of them. Settings are independent of each other.
+
+Sweeps:
+* ``eta``: an η grid with ρ = c·η^{1/3}; log-log slopes of E against η.
+* ``rho``: fixed η, a ρ grid (plus ρ = 0, the O(η) floor); slopes of E against ρ.
+* ``ablation``: fixed η and ρ, SAM-SDE3 (and SAM-SDE2) for several Euler sub-steps m
+  and, with Monte Carlo expectations, several K.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from sdesam.dynamics import make_dynamics
+from sdesam.problem import Problem
+
+from .distributed import Comm
+from .montecarlo import BlockStats, ChunkPlan, TestFunctions, run_chunks
+from .stats import fit_power_law, weak_errors
+
+__all__ = ["SDE_MODELS", "Setting", "SettingResult", "measure_setting", "record_steps", "num_steps",
+           "sweep_eta", "sweep_rho", "sweep_ablation", "check_geometric"]
+
+#: label → core dynamics name, in the order of the expected errors (largest first).
+SDE_MODELS = {"sgd_sde": "sgd_sde", "sam_sde2": "sam_sde2", "sam_sde3": "sam_sde3"}
+SWEEP_IDS = {"eta": 0, "rho": 1, "ablation": 2}
+ROLE_DISCRETE, ROLE_SDE = 0, 1
+
+
+def num_steps(horizon: float, eta: float) -> int:
+    """N = T/η, required to be an integer (to 1e-9 relative)."""
+    n = horizon / eta
+    N = int(round(n))
+    if N < 1 or abs(n - N) > 1e-9 * max(1.0, n):
+        raise ValueError(f"the horizon T={horizon} must be a positive integer multiple of eta={eta} "
+                         f"(T/eta = {n})")
+    return N
+
+
+def record_steps(N: int, every: int) -> list[int]:
+    """0, every, 2·every, …, N (N always included)."""
+    return sorted(set(range(0, N + 1, every)) | {N})
+
+
+def check_geometric(name: str, values: Sequence[float], minimum: int) -> list[float]:
+    """Positive, strictly monotone, with a constant ratio (to 1e-6); at least ``minimum``."""
+    values = [float(v) for v in values]
+    if len(values) < minimum:
+        raise ValueError(f"{name} needs at least {minimum} values, got {values}")
+    if any(not math.isfinite(v) or v <= 0 for v in values):
+        raise ValueError(f"{name} must be positive, got {values}")
+    ratios = [b / a for a, b in zip(values, values[1:])]
+    if any(abs(r - 1) < 1e-12 for r in ratios) or any(abs(r / ratios[0] - 1) > 1e-6 for r in ratios):
+        raise ValueError(f"{name} must be a geometric grid (constant ratio, no repeats), got {values}")
+    return values
+
+
+@dataclass
+class Setting:
+    """What one setting runs. ``models`` maps a label to (core dynamics name, extra kwargs)."""
+
+    eta: float
+    rho: float
+    horizon: float
+    models: dict[str, tuple[str, dict]]
+    discrete: str = "sam"
+    record_every: int = 1
+    label: str = ""
+
+    @property
+    def n_steps(self) -> int:
+        return num_steps(self.horizon, self.eta)
+
+    def config(self) -> dict:
+        return {"label": self.label, "eta": self.eta, "rho": self.rho, "horizon": self.horizon,
+                "n_steps": self.n_steps, "record_every": self.record_every, "discrete": self.discrete,
+                "models": {k: {"dynamics": n, **kw} for k, (n, kw) in self.models.items()}}
+
+
+@dataclass
+class SettingResult:
+    setting: Setting
+    reference: BlockStats
+    models: dict[str, BlockStats]
+    wall_s: dict[str, float] = field(default_factory=dict)
+    dynamics_config: dict[str, dict] = field(default_factory=dict)
+
+
+def measure_setting(problem: Problem, setting: Setting, *, tests: TestFunctions, plan: ChunkPlan,
+                    key: Sequence[int], comm: Comm, progress: Callable[[str], None] | None = None
+                    ) -> SettingResult:
+    """Run the discrete process and every model of ``setting`` (this rank's chunks), gather."""
+    steps = record_steps(setting.n_steps, setting.record_every)
+    x0 = problem.x0
+    mine = comm.my_chunks(plan.n_chunks)
+    runs = [("__discrete__", setting.discrete, {}, ROLE_DISCRETE)]
+    runs += [(label, name, kw, ROLE_SDE) for label, (name, kw) in setting.models.items()]
+    out, walls, configs = {}, {}, {}
+    for label, name, kw, role in runs:
+        dyn = make_dynamics(name, problem, eta=setting.eta, rho=setting.rho, **kw)
+        configs[label] = dyn.config()
+        t0 = time.perf_counter()
+        parts = run_chunks(dyn, x0, (*key, role), plan, record_steps=steps, tests=tests, chunks=mine,
+                           on_chunk=(lambda c, lab=label: progress(lab)) if progress else None)
+        walls[label] = time.perf_counter() - t0
+        out[label] = BlockStats.concatenate(comm.gather_chunks(parts, plan.n_chunks))
+    ref = out.pop("__discrete__")
+    walls["discrete"] = walls.pop("__discrete__")
+    configs["discrete"] = configs.pop("__discrete__")
+    return SettingResult(setting, ref, out, walls, configs)
+
+
+# -- summaries --------------------------------------------------------------------------
+def _summarise(result: SettingResult, n_boot: int, rng: np.random.Generator):
+    summary, reps = weak_errors(result.reference, result.models, n_boot=n_boot, rng=rng)
+    ref = result.reference
+    curves = {"steps": list(ref.steps), "discrete_mean": ref.mean().tolist(),
+              "discrete_se": ref.standard_error().tolist(),
+              "model_mean": {k: v.mean().tolist() for k, v in result.models.items()},
+              "model_se": {k: v.standard_error().tolist() for k, v in result.models.items()}}
+    entry = {**result.setting.config(), "errors": summary, "wall_s": result.wall_s,
+             "dynamics": result.dynamics_config, "curves": curves}
+    return entry, reps
+
+
+def _fits(xs, entries, reps_list, models, tests) -> dict:
+    fits = {}
+    for m in models:
+        fits[m] = {}
+        for j, t in enumerate(tests):
+            y = [e["errors"][m][t]["error"] for e in entries]
+            r = np.stack([rep[m][:, j] for rep in reps_list], axis=1)
+            fits[m][t] = fit_power_law(xs, y, r).to_dict()
+    return fits
+
+
+def _rng(seed: int, sweep: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, SWEEP_IDS[sweep], index, 7919])
+
+
+def _run_settings(problem, settings, sweep, *, seed, tests, plan, comm, n_boot, progress):
+    entries, reps = [], []
+    for i, s in enumerate(settings):
+        res = measure_setting(problem, s, tests=tests, plan=plan, key=(seed, SWEEP_IDS[sweep], i),
+                              comm=comm, progress=progress)
+        e, r = _summarise(res, n_boot, _rng(seed, sweep, i))
+        entries.append(e)
+        reps.append(r)
+    return entries, reps
+
+
+def sweep_eta(problem, *, etas, c, horizon, models, seed, tests, plan, comm, n_boot=1000,
+              record_every=1, discrete="sam", progress=None) -> dict:
+    """E against η with ρ = c·η^{1/3}; fitted slopes over the whole grid."""
+    settings = [Setting(eta, c * eta ** (1 / 3), horizon, models, discrete, record_every, f"eta={eta:g}")
+                for eta in etas]
+    entries, reps = _run_settings(problem, settings, "eta", seed=seed, tests=tests, plan=plan, comm=comm,
+                                  n_boot=n_boot, progress=progress)
+    return {"sweep": "eta", "c": c, "horizon": horizon, "settings": entries,
+            "fits": _fits(etas, entries, reps, list(models), list(tests)),
+            "theory_slopes": {"sgd_sde": 1 / 3, "sam_sde2": 2 / 3, "sam_sde3": 1.0}}
+
+
+def sweep_rho(problem, *, eta, rhos, horizon, models, seed, tests, plan, comm, n_boot=1000,
+              record_every=1, discrete="sam", include_zero=True, progress=None) -> dict:
+    """E against ρ at fixed η; slopes fitted over ``rhos`` (ρ = 0, if run, is the floor)."""
+    grid = ([0.0] if include_zero else []) + list(rhos)
+    settings = [Setting(eta, r, horizon, models, discrete, record_every, f"rho={r:g}") for r in grid]
+    entries, reps = _run_settings(problem, settings, "rho", seed=seed, tests=tests, plan=plan, comm=comm,
+                                  n_boot=n_boot, progress=progress)
+    k = 1 if include_zero else 0
+    return {"sweep": "rho", "eta": eta, "horizon": horizon, "settings": entries,
+            "floor": entries[0]["errors"] if include_zero else None,
+            "fits": _fits(rhos, entries[k:], reps[k:], list(models), list(tests)),
+            "theory_slopes": {"sgd_sde": 1.0, "sam_sde2": 2.0, "sam_sde3": 3.0}}
+
+
+def sweep_ablation(problem, *, eta, rho, horizon, model_names, substeps, n_batches, base_kwargs, seed,
+                   tests, plan, comm, n_boot=1000, record_every=1, discrete="sam", progress=None) -> dict:
+    """SDE errors at fixed (η, ρ) against the Euler sub-step m and (Monte Carlo) K.
+
+    All variants (model, m) and (model, K) form one setting: one discrete reference run,
+    and SDE runs that share their random-number keys (sub-step i of a variant with m
+    sub-steps draws from key (seed, i)), compared with jointly redrawn bootstrap blocks.
+    """
+    models = {}
+    for name in model_names:
+        for m in substeps:
+            models[f"{name}|m={m}"] = (name, {**base_kwargs, "substeps": m})
+        for K in n_batches:
+            models[f"{name}|K={K}"] = (name, {**base_kwargs, "n_batches": K})
+    # one setting holding every variant: they share the discrete reference
+    s = Setting(eta, rho, horizon, models, discrete, record_every, "ablation")
+    res = measure_setting(problem, s, tests=tests, plan=plan, key=(seed, SWEEP_IDS["ablation"], 0),
+                          comm=comm, progress=progress)
+    e, _ = _summarise(res, n_boot, _rng(seed, "ablation", 0))
+    return {"sweep": "ablation", "eta": eta, "rho": rho, "horizon": horizon, "substeps": list(substeps),
+            "n_batches": list(n_batches), "setting": e}
