@@ -112,9 +112,10 @@ def run_trajectory(dynamics: Dynamics, *, steps: Sequence[int], metrics: Mapping
         records = list(saved["records"])
     else:
         state = dynamics.init_state(x0, seed)
+    done = {r["step"] for r in records}
     with torch.no_grad():
         for k in steps:
-            if k < state.step:
+            if k < state.step or k in done:
                 continue                                     # recorded before the checkpoint
             dynamics.advance(state, k - state.step)
             rows = [{"dynamics": dynamics.name, "seed": seed, "step": k, "time": k * dynamics.eta,
