@@ -189,7 +189,7 @@ def test_loop_left_early_continues_its_epoch():
     data = make_dataset()
     whole = epochs(DeviceLoader(data, 8, generator=2), 2)
     loader = DeviceLoader(data, 8, generator=2)
-    for k, batch in enumerate(loader):
+    for k, _ in enumerate(loader):
         if k == 1:
             break
     assert loader.epoch == 0
