@@ -57,6 +57,7 @@ _ALLOWED = {
 for _module in ("builtins", "__builtin__"):
     for _type in (set, frozenset, bytes, bytearray):
         _ALLOWED[(_module, _type.__name__)] = _type
+del _module, _type
 
 
 class RestrictedUnpickler(pickle.Unpickler):
