@@ -72,11 +72,34 @@ def test_lanczos_top_k_matches_eigvalsh(mlp_case):
         # true residual honours the reported one (up to rounding)
         r = H @ Y[:, i] - res.eigenvalues[i] * Y[:, i]
         assert torch.linalg.vector_norm(r) <= res.residuals[i] + 1e-12 * res.scale
+    # before convergence the reported residuals equal the true ones ‖H y − θ y‖
+    early = lanczos(op, k=2, max_iters=12, tol=1e-14, check_determinism=False,
+                    generator=torch.Generator().manual_seed(0))
+    assert not early.converged and early.num_iters == 12
+    for i in range(2):
+        y = early.eigenvectors[:, i]
+        r = torch.linalg.vector_norm(H @ y - early.eigenvalues[i] * y).item()
+        assert r > 1e-8 * early.scale
+        assert r == pytest.approx(early.residuals[i].item(), rel=1e-6)
     # smallest algebraic end, and largest magnitude
     low = lanczos(op, k=1, which="SA", tol=1e-10, check_determinism=False)
     assert low.eigenvalues[0].item() == pytest.approx(evals[0].item(), rel=1e-8)
     lm = lanczos(op, k=1, which="LM", tol=1e-10, check_determinism=False)
     assert abs(lm.eigenvalues[0].item()) == pytest.approx(evals.abs().max().item(), rel=1e-8)
+
+
+def test_lanczos_which_ends_differ():
+    evals = torch.tensor([3.0, 1.0, 0.5, 0.1, -4.0], dtype=DT)
+    op = matrix_op(spd_with_spectrum(evals, seed=5))
+    la = lanczos(op, k=2, which="LA", tol=1e-12).eigenvalues
+    lm = lanczos(op, k=2, which="LM", tol=1e-12).eigenvalues
+    sa = lanczos(op, k=2, which="SA", tol=1e-12).eigenvalues
+    assert torch.allclose(la, evals[[0, 1]], atol=1e-12)
+    assert torch.allclose(lm, evals[[4, 0]], atol=1e-12)
+    assert torch.allclose(sa, evals[[4, 3]], atol=1e-12)
+    # power iteration follows the largest magnitude, not λ1
+    pm = power_method(op, tol=1e-12, max_iters=500)
+    assert pm.eigenvalue == pytest.approx(-4.0, rel=1e-8)
 
 
 def test_lanczos_full_dimension_and_restart():
@@ -144,6 +167,8 @@ def test_slq_moments_and_extreme_nodes(mlp_case):
     grid = torch.linspace(lo - 6 * sigma, hi + 6 * sigma, 2001, dtype=DT)
     dens = spectral_density(res, grid, sigma)
     assert (dens >= 0).all()
+    raw = spectral_density(res, grid, sigma, normalize=False)
+    assert torch.trapezoid(raw, grid).item() == pytest.approx(1.0, abs=1e-6)
     assert torch.trapezoid(dens, grid).item() == pytest.approx(1.0, abs=1e-12)
     assert torch.trapezoid(grid * dens, grid).item() == pytest.approx(res.moment(1), rel=1e-6, abs=1e-9)
     # m >= d steps: every probe's quadrature is exact, nodes hit the extreme eigenvalues
