@@ -196,6 +196,13 @@ def test_power_iteration_converges_to_top_eigenvector_psd():
     assert alignment(pm.vector, evecs[:, -1]).item() > 1 - 1e-5
     # Rayleigh quotients of a PSD operator increase monotonically to λ1
     assert (pm.history[1:] >= pm.history[:-1] - 1e-12).all()
+    # the callback sees Algorithm 1's estimate after t products (q = t)
     seen = []
-    power_method(op, tol=1e-3, max_iters=5, v0=v0, callback=lambda t, v, th: seen.append(t))
-    assert seen == list(range(1, len(seen) + 1)) and 2 <= len(seen) <= 5
+    short = power_method(op, tol=1e-3, max_iters=5, v0=v0,
+                         callback=lambda t, v, th: seen.append((t, v.clone(), th)))
+    assert [s[0] for s in seen] == list(range(1, len(seen) + 1)) and 2 <= len(seen) <= 5
+    for t, v, th in seen:
+        alg1 = power_iteration(op.matvec, v0, t)
+        assert torch.allclose(v, alg1.vector, atol=1e-14)
+        assert th == pytest.approx(alg1.eigenvalue.item(), rel=1e-14)
+    assert torch.equal(short.vector, seen[-1][1])

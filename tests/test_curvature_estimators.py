@@ -62,6 +62,8 @@ def test_lanczos_top_k_matches_eigvalsh(mlp_case):
     res = lanczos(op, k=k, tol=1e-10, generator=torch.Generator().manual_seed(0))
     assert res.converged and res.num_iters < op.dim  # stopped by the rule, not by d
     assert res.num_matvecs == res.num_iters and res.history.shape == (res.num_iters, k)
+    assert torch.equal(res.history[-1], res.eigenvalues)
+    assert torch.equal(res.residual_history[-1], res.residuals)
     assert torch.allclose(res.eigenvalues, top, rtol=1e-8, atol=0)
     assert (res.residuals <= 1e-10 * res.scale).all()
     Y = res.eigenvectors

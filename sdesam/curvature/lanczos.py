@@ -169,6 +169,9 @@ class LanczosResult:
             fewer than k exist); row j is what j+1 products give.
         scale: the estimate of ‖H‖₂ (largest |Ritz value|) used by the relative tolerance.
         num_restarts: breakdowns after which the basis was continued with a new vector.
+        residual_history: (num_iters, k) float64 Ritz residuals of the selected pairs
+            after each step (NaN while fewer than k exist), to replay the stopping rule
+            at other tolerances.
     """
 
     eigenvalues: Tensor
@@ -180,6 +183,7 @@ class LanczosResult:
     history: Tensor
     scale: float
     num_restarts: int = 0
+    residual_history: Tensor | None = field(default=None, repr=False)
 
 
 def lanczos(op: LinearOperator, k: int = 1, *, which: str = "LA", tol: float = 1e-8,
@@ -236,6 +240,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: str = "LA", tol: float = 1
     start = op.num_matvecs
     proc = _LanczosProcess(op, v0, restart=True, generator=generator, basis_dtype=basis_dtype)
     history = []
+    res_history = []
     converged = False
     prev = None
     while proc.m < max_iters and not proc.exhausted:
@@ -246,6 +251,9 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: str = "LA", tol: float = 1
         row = torch.full((k,), math.nan, dtype=torch.float64)
         row[:sel.numel()] = sel
         history.append(row)
+        rrow = torch.full((k,), math.nan, dtype=torch.float64)
+        rrow[:sel.numel()] = res[idx]
+        res_history.append(rrow)
         if proc.m < min_iters or sel.numel() < k:
             prev = sel
             continue
@@ -270,7 +278,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: str = "LA", tol: float = 1
         eigenvalues=theta[idx].clone(), eigenvectors=Y.to(op.dtype), residuals=res[idx].clone(),
         num_matvecs=op.num_matvecs - start, num_iters=proc.m, converged=converged,
         history=torch.stack(history), scale=theta.abs().max().item(),
-        num_restarts=proc.num_restarts)
+        num_restarts=proc.num_restarts, residual_history=torch.stack(res_history))
 
 
 @dataclass
@@ -310,9 +318,10 @@ def power_method(op: LinearOperator, *, tol: float = 1e-6, max_iters: int = 1000
         tol: relative-change tolerance.
         max_iters: cap on the products.
         v0: start vector (d,), default Gaussian from ``generator``.
-        callback: called as ``callback(t, v_t, θ_t)`` after product t (1-based) with the
-            vector fed to that product and its Rayleigh quotient (e.g. to record the
-            alignment with a reference eigenvector, paper Fig. 5).
+        callback: called as ``callback(t, v, θ)`` after product t (1-based) with the
+            estimate after t products, v = Hᵗv₀/‖Hᵗv₀‖ (what Algorithm 1 returns for
+            q = t), and the Rayleigh quotient θ of the vector fed to product t (e.g. to
+            record the alignment of v with a reference eigenvector, paper Fig. 5).
         check_determinism: run ``check_deterministic(op)`` first (2 extra products).
     """
     tol = check_positive("tol", tol)
@@ -332,10 +341,10 @@ def power_method(op: LinearOperator, *, tol: float = 1e-6, max_iters: int = 1000
     for t in range(1, max_iters + 1):
         res = power_iteration(op.matvec, v, 1)
         theta = float(res.eigenvalue)
+        v = res.vector
         if callback is not None:
             callback(t, v, theta)
         history.append(theta)
-        v = res.vector
         if t >= 2 and abs(theta - history[-2]) <= tol * abs(theta):
             converged = True
             break
