@@ -123,11 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"bootstrap blocks per chunk (toy default {DEFAULTS['blocks_per_chunk']})")
     g.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
     g.add_argument("--tests", type=_names, default=TESTS, help="test functions: loss, sqnorm, coord")
-    g.add_argument("--coordinate", type=int, default=0, help="index i of the coordinate test function x_i")
+    g.add_argument("--coordinate", type=int, default=None,
+                   help="index i of the coordinate test function x_i (default 0 for toys; -1, an output "
+                        "bias, for the MLP)")
     g.add_argument("--record-every", type=int, default=None, help="record every r-th step (toy default 1)")
     g = p.add_argument_group("MNIST MLP (--problem mlp)")
     g.add_argument("--mlp-config", default="quick-cpu", help="quick-cpu | gpu (validation.mlp.MLP_CONFIGS)")
-    g.add_argument("--dataset", default="synthetic", help="mnist | synthetic (random MNIST-shaped tensors)")
+    g.add_argument("--dataset", default="mnist", help="mnist (sdesam.data.load_mnist) | synthetic (random MNIST-shaped tensors, for development)")
     g.add_argument("--data-dir", default=None, help="data directory for sdesam.data.load_mnist")
     g = p.add_argument_group("runtime")
     g.add_argument("--dtype", default=None, help="float64 (toy default) | float32 (MLP default)")
@@ -169,7 +171,8 @@ def _resolve(args):
             from dataclasses import replace
             cfg = replace(cfg, dtype=args.dtype)
         problem, ex, ey, source = mlp_problem(cfg, args.dataset, data_dir=args.data_dir, device=device)
-        tests_all = mlp_test_functions(problem, ex, ey, args.coordinate)
+        coord = -1 if args.coordinate is None else args.coordinate
+        tests_all = mlp_test_functions(problem, ex, ey, coord)
         base = {"etas": cfg.etas, "c": cfg.c, "horizon": cfg.horizon, "substeps": 1,
                 "n_batches": cfg.n_batches, "n_chunks": cfg.n_chunks, "chunk_size": cfg.chunk_size,
                 "blocks_per_chunk": cfg.blocks_per_chunk, "record_every": cfg.record_every,
@@ -179,9 +182,9 @@ def _resolve(args):
         problem = make_toy_problem(args.problem)
         dtype = getattr(torch, args.dtype or "float64")
         problem.x0, problem.A, problem.y = (t.to(device, dtype) for t in (problem.x0, problem.A, problem.y))
-        if not -problem.dim <= args.coordinate < problem.dim:
-            raise ValueError(f"coordinate must index one of d={problem.dim} coordinates, got {args.coordinate}")
-        i = args.coordinate
+        i = coord = 0 if args.coordinate is None else args.coordinate
+        if not -problem.dim <= i < problem.dim:
+            raise ValueError(f"coordinate must index one of d={problem.dim} coordinates, got {i}")
         tests_all = {"loss": problem.full_loss, "sqnorm": lambda x: (x * x).sum(-1), "coord": lambda x: x[:, i]}
         source = "toy problem (exact minibatch enumeration available)"
         base = {**DEFAULTS, "n_batches": "exact", "record_every": 1, "problem_extra": {}}
@@ -190,7 +193,7 @@ def _resolve(args):
             "n_chunks": args.chunks, "chunk_size": args.chunk_size, "blocks_per_chunk": args.blocks_per_chunk,
             "record_every": args.record_every, "rho_eta": args.rho_eta, "rhos": args.rhos,
             "ablation_eta": args.ablation_eta}
-    cfg = {**base, **{k: v for k, v in over.items() if v is not None}}
+    cfg = {**base, **{k: v for k, v in over.items() if v is not None}, "coordinate": coord}
     if args.n_batches is not None:
         cfg["n_batches"] = "exact" if args.n_batches == "exact" else int(args.n_batches)
     if cfg["n_batches"] != "exact":
