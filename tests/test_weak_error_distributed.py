@@ -1,42 +1,12 @@
 """torchrun sharding (2 processes, gloo, CPU) gives bit-identical results to one process."""
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
-from validation.weak_error import main as _main
+from .test_weak_error_cli import ARGS, _results, main
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--mode", "all", "--problem", "logcosh", "--etas", "0.1,0.05,0.025,0.0125", "--horizon", "0.1",
-        "--rho-eta", "0.025", "--rhos", "0.2,0.4,0.8", "--ablation-eta", "0.05", "--ablation-substeps", "1,2",
-        "--chunks", "5", "--chunk-size", "48", "--blocks-per-chunk", "4", "--substeps", "2",
-        "--n-boot", "200", "--no-progress", "--threads", "1"]
-
-
-def main(argv):
-    """The CLI in-process, restoring torch's thread count afterwards (--threads 1 sets it)."""
-    threads = torch.get_num_threads()
-    try:
-        _main(argv)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _strip_times(obj):
-    if isinstance(obj, dict):
-        return {k: _strip_times(v) for k, v in obj.items() if k != "wall_s"}
-    if isinstance(obj, list):
-        return [_strip_times(v) for v in obj]
-    return obj
-
-
-def _results(out: Path):
-    data = json.loads((out / "results.json").read_text())
-    return _strip_times(data["results"]), data
 
 
 def test_torchrun_two_processes_equal_one_process(tmp_path, capsys):
@@ -57,32 +27,3 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, capsys):
     errs = r1["eta"]["settings"][0]["errors"]
     assert errs["sam_sde3"]["loss"]["error"] > 0
     assert errs["sam_sde3"]["loss"]["error"] != errs["sam_sde2"]["loss"]["error"]
-
-
-def test_a_different_seed_changes_the_results(tmp_path, capsys):
-    """Guards the test above: the results do depend on the seed (so equality means something)."""
-    small = ARGS[:]
-    small[small.index("all")] = "eta"
-    small.append("--no-plot")
-    outs = []
-    for seed in (0, 1):
-        main([*small, "--seed", str(seed), "--out", str(tmp_path / f"s{seed}")])
-        outs.append(_results(tmp_path / f"s{seed}")[0])
-    assert outs[0] != outs[1]
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--etas", "0.1,0.05,0.02,0.01"], "geometric"),
-    (["--etas", "0.1,0.05,0.025"], "at least 4"),
-    (["--horizon", "0.33"], "multiple"),
-    (["--mode", "speed"], "mode"),
-    (["--problem", "mnist"], "problem"),
-    (["--n-batches", "1"], "K"),
-    (["--chunk-size", "10", "--blocks-per-chunk", "3"], "multiple"),
-    (["--tests", "loss,energy"], "test function"),
-])
-def test_bad_flags_exit_with_a_clear_message(tmp_path, capsys, flags, message):
-    with pytest.raises(SystemExit) as exc:
-        main([*flags, "--out", str(tmp_path)])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err

@@ -16,6 +16,11 @@ def _plt():
     return plt
 
 
+def NullFormatter():
+    from matplotlib.ticker import NullFormatter as _NF
+    return _NF()
+
+
 def plot_sweep(result: dict, path, title: str = "") -> None:
     """Errors against η (or ρ) with ±1 bootstrap-SE bars and fitted power laws, one panel
     per test function. ``result`` is a sweep dict of ``validation.experiment``."""
@@ -41,6 +46,8 @@ def plot_sweep(result: dict, path, title: str = "") -> None:
                 ax.axhline(result["floor"][m][t]["error"], color=col, ls=":", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
         ax.set_xlabel("η" if xkey == "eta" else "ρ")
         ax.set_ylabel(f"max_k |E g(x_k) − E g(X_kη)|,  g = {t}")
         ax.set_title(t)
@@ -71,6 +78,7 @@ def plot_ablation(result: dict, path, title: str = "") -> None:
                             label=LABELS.get(n, n), ms=4)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            ax.set_xticks(values, [str(v) for v in values])
             ax.set_xlabel(kind)
             ax.set_title(t)
             ax.legend(fontsize=7)
