@@ -137,7 +137,8 @@ def _summarise(result: SettingResult, n_boot: int, rng: np.random.Generator):
               "model_mean": {k: v.mean().tolist() for k, v in result.models.items()},
               "model_se": {k: v.standard_error().tolist() for k, v in result.models.items()}}
     entry = {**result.setting.config(), "errors": summary, "wall_s": result.wall_s,
-             "dynamics": result.dynamics_config, "curves": curves}
+             "dynamics": result.dynamics_config, "curves": curves,
+             "_blocks": {"discrete": ref, **result.models}}      # popped into blocks.npz by the CLI
     return entry, reps
 
 
@@ -211,6 +212,19 @@ def sweep_ablation(problem, *, eta, rho, horizon, model_names, substeps, n_batch
     s = Setting(eta, rho, horizon, models, discrete, record_every, "ablation")
     res = measure_setting(problem, s, tests=tests, plan=plan, key=(seed, SWEEP_IDS["ablation"], 0),
                           comm=comm, progress=progress)
-    e, _ = _summarise(res, n_boot, _rng(seed, "ablation", 0))
+    e, reps = _summarise(res, n_boot, _rng(seed, "ablation", 0))
+    # error(variant) − error(finest variant), with the SE of the paired bootstrap difference
+    deltas = {}
+    for name in model_names:
+        for kind, values in (("m", substeps), ("K", n_batches)):
+            if not values:
+                continue
+            finest = f"{name}|{kind}={max(values)}"
+            for v in values:
+                lab = f"{name}|{kind}={v}"
+                deltas[lab] = {t: {"delta": e["errors"][lab][t]["error"] - e["errors"][finest][t]["error"],
+                                   "se": float((reps[lab][:, j] - reps[finest][:, j]).std(ddof=1)),
+                                   "relative_to": finest}
+                               for j, t in enumerate(tests)}
     return {"sweep": "ablation", "eta": eta, "rho": rho, "horizon": horizon, "substeps": list(substeps),
-            "n_batches": list(n_batches), "setting": e}
+            "n_batches": list(n_batches), "setting": e, "delta_vs_finest": deltas}

@@ -23,8 +23,8 @@ Modes:
 * ``all``: the three in turn.
 
 Outputs in ``--out DIR``: ``results.json`` (configuration, every number, fits, wall
-times), ``weak_error.png`` (eta mode), ``weak_error_rho.png``, ``weak_error_ablation.png``,
-and a printed table. See docs/weak_error.md for the measured results and commands.
+times), ``blocks.npz`` (the per-block sums behind them), ``weak_error.png`` (eta mode),
+``weak_error_rho.png``, ``weak_error_ablation.png``, and a printed table. See docs/weak_error.md for the measured results and commands.
 """
 from __future__ import annotations
 
@@ -283,6 +283,7 @@ def run(args: argparse.Namespace, prepared=None) -> dict:
         walls["ablation"] = time.perf_counter() - t0
     if bar is not None:
         bar.close()
+    blocks = pop_blocks(results)
     results["checks"] = claim_checks(results)
     out = {
         "config": {
@@ -300,7 +301,7 @@ def run(args: argparse.Namespace, prepared=None) -> dict:
                     "cpu_count": os.cpu_count()},
     }
     if comm.is_main:
-        write_outputs(out, Path(args.out), plots=not args.no_plot)
+        write_outputs(out, Path(args.out), plots=not args.no_plot, blocks=blocks)
         print(format_tables(out))
     comm.close()
     return out
@@ -343,9 +344,30 @@ def _jsonable(obj):
     return obj
 
 
-def write_outputs(out: dict, directory: Path, plots: bool = True) -> None:
-    """results.json (atomically) and the figures of the sweeps that ran."""
+def pop_blocks(results: dict) -> dict[str, np.ndarray]:
+    """Remove the per-block statistics from the sweep results: {"sweep/setting/run/sums": array}."""
+    arrays = {}
+    for sweep, r in results.items():
+        entries = r.get("settings", []) if isinstance(r, dict) else []
+        if isinstance(r, dict) and "setting" in r:
+            entries = [r["setting"]]
+        for i, e in enumerate(entries):
+            for run, st in e.pop("_blocks", {}).items():
+                arrays[f"{sweep}/{i}/{run}/sums"] = st.sums
+                arrays[f"{sweep}/{i}/{run}/sumsq"] = st.sumsq
+                arrays[f"{sweep}/{i}/{run}/block_size"] = np.array(st.block_size)
+                arrays[f"{sweep}/{i}/{run}/steps"] = np.array(st.steps)
+    return arrays
+
+
+def write_outputs(out: dict, directory: Path, plots: bool = True, blocks: dict | None = None) -> None:
+    """results.json (atomically), blocks.npz (per-block sums, to recompute any statistic
+    without rerunning) and the figures of the sweeps that ran."""
     directory.mkdir(parents=True, exist_ok=True)
+    if blocks:
+        with open(directory / "blocks.npz.tmp", "wb") as f:
+            np.savez_compressed(f, **blocks)
+        os.replace(directory / "blocks.npz.tmp", directory / "blocks.npz")
     tmp = directory / "results.json.tmp"
     tmp.write_text(json.dumps(_jsonable(out), indent=1))
     os.replace(tmp, directory / "results.json")
@@ -405,6 +427,9 @@ def format_tables(out: dict) -> str:
         lines.append(f"{'variant':>18}  " + "  ".join(f"{t:>19}" for t in tests))
         for k, v in errs.items():
             lines.append(f"{k:>18}  " + "  ".join(f"{_pm(v[t]):>19}" for t in tests))
+        lines.append("difference to the finest variant (paired bootstrap SE):")
+        for k, v in a["delta_vs_finest"].items():
+            lines.append(f"{k:>18}  " + "  ".join(f"{v[t]['delta']:+.2e}±{v[t]['se']:.1e}".rjust(19) for t in tests))
     if res.get("checks"):
         lines.append("\n== acceptance checks (measured) ==")
         for k, v in res["checks"].items():
