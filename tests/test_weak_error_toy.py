@@ -96,3 +96,12 @@ def test_bad_arguments_raise():
         p.gradient(torch.zeros(3, dtype=DTYPE), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="B=2"):
         p.gradient(x0, torch.tensor([0, 1, 2]))
+
+
+def test_to_changes_dtype_and_keeps_the_problem():
+    p = make_toy_problem("logcosh")
+    q = p.to(dtype=torch.float32)
+    assert q.x0.dtype == q.A.dtype == q.y.dtype == torch.float32 and p.x0.dtype == DTYPE
+    x = _points(p, (4,))
+    assert torch.allclose(q.full_loss(x.float()).double(), p.full_loss(x), rtol=1e-5)
+    assert q.config() == {**p.config(), "dtype": "float32"}

@@ -114,6 +114,13 @@ class GLMProblem(Problem):
     def config(self):
         return {**super().config(), "link": self.link, "l2": self.l2}
 
+    def to(self, device=None, dtype=None) -> "GLMProblem":
+        """The same problem with its data and x₀ on ``device`` / in ``dtype``."""
+        def cast(t):
+            return t.to(device=device or t.device, dtype=dtype or t.dtype)
+        return GLMProblem(cast(self.A), cast(self.y), self.batch_size, cast(self.x0), link=self.link,
+                          l2=self.l2, name=self.name)
+
     def as_function_problem(self) -> FunctionProblem:
         """The same problem through the generic autograd path (reference for the tests)."""
         phi, l2 = self._phi, self.l2

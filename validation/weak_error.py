@@ -179,9 +179,7 @@ def _resolve(args):
                 "rho_eta": cfg.etas[-1], "rhos": (0.05, 0.1, 0.2, 0.4), "ablation_eta": cfg.etas[1],
                 "problem_extra": {"mlp_config": args.mlp_config, **cfg.to_dict(), "dataset": args.dataset}}
     else:
-        problem = make_toy_problem(args.problem)
-        dtype = getattr(torch, args.dtype or "float64")
-        problem.x0, problem.A, problem.y = (t.to(device, dtype) for t in (problem.x0, problem.A, problem.y))
+        problem = make_toy_problem(args.problem).to(device, getattr(torch, args.dtype or "float64"))
         i = coord = 0 if args.coordinate is None else args.coordinate
         if not -problem.dim <= i < problem.dim:
             raise ValueError(f"coordinate must index one of d={problem.dim} coordinates, got {i}")
@@ -225,16 +223,18 @@ def _sde_kwargs(args, cfg) -> dict:
     return kw
 
 
-def run(args: argparse.Namespace, prepared=None) -> dict:
+def run(args: argparse.Namespace, prepared=None, comm=None) -> dict:
     """Run the requested sweeps; returns the results dict (also written by rank 0).
 
-    ``prepared``: the output of ``_resolve(args)`` when the caller already validated it.
+    ``prepared``: the output of ``_resolve(args)`` when the caller already validated it;
+    ``comm``: the process group (``init_comm``), created before the problem so that on
+    CUDA each rank builds it on its own device.
     """
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    comm = comm if comm is not None else init_comm(args.device)
     problem, tests, cfg, plan, source = prepared if prepared is not None else _resolve(args)
-    comm = init_comm(args.device)
     kw = _sde_kwargs(args, cfg)
     models = {label: (name, kw) for label, name in SDE_MODELS.items()}
     modes = ["eta", "rho", "ablation"] if args.mode == "all" else [args.mode]
@@ -445,11 +445,17 @@ def main(argv=None) -> None:
     try:
         args = parse_args(argv)
         args.argv = argv
-        prepared = _resolve(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2)
-    run(args, prepared)
+    comm = init_comm(args.device)
+    try:
+        prepared = _resolve(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        comm.close()
+        raise SystemExit(2)
+    run(args, prepared, comm)
 
 
 if __name__ == "__main__":
