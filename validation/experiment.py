@@ -150,6 +150,9 @@ def _fits(xs, entries, reps_list, models, tests) -> dict:
             y = [e["errors"][m][t]["error"] for e in entries]
             r = np.stack([rep[m][:, j] for rep in reps_list], axis=1)
             fits[m][t] = fit_power_law(xs, y, r).to_dict()
+            # slopes between neighbouring grid points: how the rate drifts along the grid
+            fits[m][t]["local_slopes"] = [float(np.log(y[i + 1] / y[i]) / np.log(xs[i + 1] / xs[i]))
+                                          for i in range(len(xs) - 1)]
     return fits
 
 
