@@ -32,6 +32,7 @@ def plot_sweep(result: dict, path, title: str = "") -> None:
     fig, axes = plt.subplots(1, len(tests), figsize=(4.2 * len(tests), 3.8), squeeze=False)
     xs = np.array([e[xkey] for e in entries])
     for ax, t in zip(axes[0], tests):
+        handles = []
         for m in models:
             y = np.array([e["errors"][m][t]["error"] for e in entries])
             se = np.array([e["errors"][m][t]["se"] for e in entries])
@@ -39,11 +40,17 @@ def plot_sweep(result: dict, path, title: str = "") -> None:
             ci = fit["ci_bootstrap"] or fit["ci_regression"]
             lab = f"{LABELS.get(m, m)}: slope {fit['slope']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
             col = COLORS.get(m)
-            ax.errorbar(xs, y, yerr=se, fmt="o", color=col, capsize=3, label=lab, ms=4)
+            handles.append(ax.errorbar(xs, y, yerr=se, fmt="o", color=col, capsize=3, label=lab, ms=4))
             grid = np.geomspace(xs.min(), xs.max(), 50)
             ax.plot(grid, np.exp(fit["intercept"]) * grid ** fit["slope"], "--", color=col, lw=1)
             if result.get("floor") is not None:
                 ax.axhline(result["floor"][m][t]["error"], color=col, ls=":", lw=0.8)
+            above = (result.get("fits_above_floor") or {}).get(m, {}).get(t)
+            if above:
+                g2 = np.geomspace(min(above["rhos"]), max(above["rhos"]), 20)
+                ci = above["ci_bootstrap"] or above["ci_regression"]
+                handles += ax.plot(g2, np.exp(above["intercept"]) * g2 ** above["slope"], "-", color=col, lw=2,
+                                   alpha=0.5, label=f"  above 3× floor: {above['slope']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -51,7 +58,7 @@ def plot_sweep(result: dict, path, title: str = "") -> None:
         ax.set_xlabel("η" if xkey == "eta" else "ρ")
         ax.set_ylabel(f"max_k |E g(x_k) − E g(X_kη)|,  g = {t}")
         ax.set_title(t)
-        ax.legend(fontsize=7)
+        ax.legend(handles=handles, fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=9)

@@ -326,7 +326,13 @@ def claim_checks(results: dict) -> dict:
         r = results["rho"]
         for t in r["fits"]["sam_sde3"]:
             s2, s3 = r["fits"]["sam_sde2"][t]["slope"], r["fits"]["sam_sde3"][t]["slope"]
-            checks[f"rho/{t}"] = {"sde2_slope": s2, "sde3_slope": s3, "sde3_falls_faster": bool(s3 > s2)}
+            c = {"sde2_slope_all": s2, "sde3_slope_all": s3, "sde3_falls_faster_all": bool(s3 > s2)}
+            above = r.get("fits_above_floor") or {}
+            f2, f3 = (above.get(m, {}).get(t) for m in ("sam_sde2", "sam_sde3"))
+            if f2 and f3:
+                c.update({"sde2_slope_above_floor": f2["slope"], "sde3_slope_above_floor": f3["slope"],
+                          "sde3_falls_faster_above_floor": bool(f3["slope"] > f2["slope"])})
+            checks[f"rho/{t}"] = c
     return checks
 
 
@@ -419,6 +425,10 @@ def format_tables(out: dict) -> str:
             lines.append(f"      {'slope [95% regression CI]':>22}  "
                          + "  ".join(f"{r['fits'][m][t]['slope']:.3f} [{r['fits'][m][t]['ci_regression'][0]:.2f},"
                                      f"{r['fits'][m][t]['ci_regression'][1]:.2f}]".rjust(19) for m in models))
+            if r.get("fits_above_floor"):
+                fa = r["fits_above_floor"]
+                lines.append(f"      {'slope above 3x floor':>22}  "
+                             + "  ".join((_fit(fa[m][t]) if fa[m][t] else "(< 2 points)").rjust(19) for m in models))
     if "ablation" in res:
         a = res["ablation"]
         errs = a["setting"]["errors"]
