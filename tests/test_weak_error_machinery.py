@@ -15,7 +15,7 @@ from sdesam.dynamics import make_dynamics
 from validation.distributed import Comm
 from validation.experiment import check_geometric, num_steps, sweep_eta
 from validation.linear import exact_weak_errors, quadratic_moments
-from validation.montecarlo import BlockStats, ChunkPlan, chunk_seed, run_chunk
+from validation.montecarlo import BlockStats, ChunkPlan, chunk_seed, run_chunk, run_chunks
 from validation.stats import fit_power_law, weak_errors
 from validation.toy import make_toy_problem, quadratic_problem
 
@@ -83,6 +83,17 @@ def test_block_statistics_equal_the_raw_values():
     assert st.steps == (0, 2, 5) and st.tests == ("loss", "x0")
 
 
+def test_a_chunk_does_not_depend_on_which_other_chunks_run():
+    problem = make_toy_problem("logcosh")
+    dyn = make_dynamics("sam_sde3", problem, eta=0.05, rho=0.3, n_batches="exact", substeps=2)
+    plan = ChunkPlan(n_chunks=3, chunk_size=8, blocks_per_chunk=2)
+    kw = dict(record_steps=[0, 1, 3], tests={"x0": lambda x: x[:, 0]})
+    all_ = run_chunks(dyn, problem.x0, (5, 6), plan, chunks=[0, 1, 2], **kw)
+    alone = run_chunks(dyn, problem.x0, (5, 6), plan, chunks=[2], **kw)
+    assert np.array_equal(all_[2].sums, alone[2].sums)
+    assert not np.array_equal(all_[0].sums, all_[1].sums)       # chunks get their own seeds
+
+
 def test_chunks_are_round_robin_and_seeds_depend_only_on_key_and_chunk():
     assert Comm(1, 3).my_chunks(8) == [1, 4, 7]
     assert Comm().my_chunks(3) == [0, 1, 2]
@@ -131,6 +142,17 @@ def test_small_experiment_recovers_the_known_weak_error_of_a_linear_sde():
     res = sweep_eta(problem, etas=etas, c=1.0, horizon=T, seed=3, tests=tests, plan=plan, comm=Comm(),
                     n_boot=400, discrete="sgd",
                     models={"sgd_sde": ("sgd_sde", {"n_batches": "exact", "substeps": m})})
+    for eta, e in zip(etas, res["settings"]):
+        n = num_steps(T, eta)
+        curves = e["curves"]
+        assert curves["steps"] == list(range(n + 1))              # every step, the last included
+        sgd, em = quadratic_moments(problem, eta, n), quadratic_moments(problem, eta, n, m)
+        for j, t in enumerate(tests):                             # the mean curves, step by step
+            for exact, mean, se in ((sgd[t], curves["discrete_mean"], curves["discrete_se"]),
+                                    (em[t], curves["model_mean"]["sgd_sde"], curves["model_se"]["sgd_sde"])):
+                mean, se = np.array(mean)[:, j], np.array(se)[:, j]
+                assert (np.abs(mean - exact)[1:] < 5 * se[1:]).all(), (eta, t)
+                assert mean[0] == exact[0]
     for t in tests:
         exact = [exact_weak_errors(problem, eta, T, m)[t] for eta in etas]
         est = [e["errors"]["sgd_sde"][t] for e in res["settings"]]
