@@ -28,7 +28,10 @@ def _ci(f: dict) -> str:
     s = f"**{f['slope']:.3f}**"
     if b:
         s += f" [{b[0]:.2f}, {b[1]:.2f}]"
-    s += f" (regr. [{r[0]:.2f}, {r[1]:.2f}])"
+    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in r):
+        s += f" (regr. [{r[0]:.2f}, {r[1]:.2f}])"
+    else:
+        s += f" ({f['n_points']} points: no regression interval)"
     return s
 
 
