@@ -118,8 +118,9 @@ def measure_setting(problem: Problem, setting: Setting, *, tests: TestFunctions,
         dyn = make_dynamics(name, problem, eta=setting.eta, rho=setting.rho, **kw)
         configs[label] = dyn.config()
         t0 = time.perf_counter()
+        shown = f"{setting.label} {name if role == ROLE_DISCRETE else label}"
         parts = run_chunks(dyn, x0, (*key, role), plan, record_steps=steps, tests=tests, chunks=mine,
-                           on_chunk=(lambda c, lab=label: progress(lab)) if progress else None)
+                           on_chunk=(lambda c, lab=shown: progress(lab)) if progress else None)
         walls[label] = time.perf_counter() - t0
         out[label] = BlockStats.concatenate(comm.gather_chunks(parts, plan.n_chunks))
     ref = out.pop("__discrete__")
