@@ -5,11 +5,14 @@
 minibatches per Euler sub-step. Two documented configurations (``MLP_CONFIGS``):
 
 * ``quick-cpu``: hidden width 32 (d = 25,450), a fixed random subset of 2,048
-  training images, B = 32, K = 4, a short horizon — a smoke-scale run of the whole
-  pipeline in minutes on 2 CPU cores. Its Monte Carlo noise is large: it shows that
-  the machinery runs on a real network, not the rates.
+  training images, B = 32, K = 4, T = 0.16, one Euler sub-step (m = 1, which
+  understates the SDE error: docs/weak_error.md, ablation), M = 64 — a smoke-scale run
+  of the whole pipeline in about a minute on 2 CPU cores. Its Monte Carlo noise is
+  large: it shows that the machinery runs on a real network, not the rates
+  (``--chunks 32`` gives M = 512 in about 5 CPU minutes).
 * ``gpu``: the paper's 784-784-10 network (d = 623,290) on all 60,000 training
-  images, B = 128, K = 8, η grid around the paper's η = 0.01.
+  images, B = 128, K = 8, m = 4, η grid 0.04 … 0.005 around the paper's η = 0.01,
+  T = 0.64, M = 256. Not run here (no GPU was lent to this task).
 
 Data: ``--dataset mnist`` loads MNIST with ``sdesam.data.load_mnist`` (pixels/255,
 flattened); ``--dataset synthetic`` uses random MNIST-shaped tensors (uniform pixels,
@@ -46,6 +49,7 @@ class MLPConfig:
     etas: tuple[float, ...] = (0.04, 0.02, 0.01, 0.005)
     horizon: float = 0.64
     c: float = 0.93                   # ρ = 0.2 at η = 0.01 (the paper's Figure 2)
+    substeps: int = 4                 # Euler–Maruyama sub-steps m per η
     record_every: int = 4
     n_chunks: int = 8
     chunk_size: int = 32
@@ -59,7 +63,7 @@ class MLPConfig:
 
 MLP_CONFIGS = {
     "quick-cpu": MLPConfig(hidden=32, n_train=2048, batch_size=32, n_batches=4, eval_examples=512,
-                           etas=(0.08, 0.04, 0.02, 0.01), horizon=0.16, record_every=2,
+                           etas=(0.08, 0.04, 0.02, 0.01), horizon=0.16, record_every=2, substeps=1,
                            n_chunks=4, chunk_size=16, blocks_per_chunk=4),
     "gpu": MLPConfig(),
 }

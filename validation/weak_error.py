@@ -173,7 +173,7 @@ def _resolve(args):
         problem, ex, ey, source = mlp_problem(cfg, args.dataset, data_dir=args.data_dir, device=device)
         coord = -1 if args.coordinate is None else args.coordinate
         tests_all = mlp_test_functions(problem, ex, ey, coord)
-        base = {"etas": cfg.etas, "c": cfg.c, "horizon": cfg.horizon, "substeps": 1,
+        base = {"etas": cfg.etas, "c": cfg.c, "horizon": cfg.horizon, "substeps": cfg.substeps,
                 "n_batches": cfg.n_batches, "n_chunks": cfg.n_chunks, "chunk_size": cfg.chunk_size,
                 "blocks_per_chunk": cfg.blocks_per_chunk, "record_every": cfg.record_every,
                 "rho_eta": cfg.etas[-1], "rhos": (0.05, 0.1, 0.2, 0.4), "ablation_eta": cfg.etas[1],
