@@ -134,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("runtime")
     g.add_argument("--dtype", default=None, help="float64 (toy default) | float32 (MLP default)")
     g.add_argument("--device", default="cpu", help="cpu | cuda")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per process (0: torch's default, one per core). 1 is the "
+                        "default: the tensors are small, and on a shared machine several OpenMP threads "
+                        "per process stall whenever another process holds a core (use torchrun for more "
+                        "processes instead)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-plot", action="store_true", help="write results.json only (no figures)")
     return p
