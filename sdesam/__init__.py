@@ -1,10 +1,27 @@
-"""sdesam: discrete SAM / Eigen-SAM next to the SDEs that model them."""
+"""sdesam: discrete SAM / Eigen-SAM next to the SDEs that model them.
+
+The small public surface (everything else lives in the submodules named below):
+
+* problems:  ``FunctionProblem`` (toy losses), ``ModuleProblem`` (any ``nn.Module``)
+* dynamics:  ``make_dynamics(name, problem, **hyperparameters)`` with ``DYNAMICS``
+  (``sgd``, ``sam``, ``usam``, ``reverse_sam``, ``egr``, ``eigen_sam``, ``sgd_sde``,
+  ``sam_sde2``, ``sam_sde3``); classes in ``sdesam.integrators`` and ``sdesam.sde``
+* running:   ``simulate``, ``run_trajectory``, ``read_records``
+* rules:     ``sdesam.perturbations`` (SAM, USAM, ReverseSAM, EigenSAM)
+* errors:    ``NonFiniteStateError``
+"""
+from . import perturbations
+from .dynamics import DYNAMICS, Dynamics, RunState, make_dynamics
 from .errors import NonFiniteStateError
-from .perturbations import SAM, USAM, EigenSAM, PerturbationRule, ReverseSAM, get_rule
+from .oracles import TaylorVectors
+from .problem import FunctionProblem, ModuleProblem, Problem
+from .simulate import RecordWriter, read_records, run_trajectory, simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "NonFiniteStateError",
-    "PerturbationRule", "SAM", "USAM", "ReverseSAM", "EigenSAM", "get_rule",
+    "Problem", "FunctionProblem", "ModuleProblem", "TaylorVectors",
+    "Dynamics", "RunState", "DYNAMICS", "make_dynamics",
+    "simulate", "run_trajectory", "read_records", "RecordWriter",
+    "perturbations", "NonFiniteStateError",
 ]

@@ -431,11 +431,17 @@ class ModuleProblem(Problem):
         """∇f(x) over all training examples (chunked, example-weighted), x (d,) → (d,)."""
         if x.dim() != 1:
             return torch.stack([self.full_gradient(xi) for xi in x.reshape(-1, self.dim)]).reshape(x.shape)
-        out = torch.zeros_like(x)
+        return self.full_loss_and_gradient(x)[1]
+
+    def full_loss_and_gradient(self, x: Tensor) -> tuple[float, Tensor]:
+        """(f(x), ∇f(x)) over all training examples in one chunked pass, x (d,)."""
+        grad = torch.zeros_like(x)
+        total = 0.0
         with torch.enable_grad():
             leaves, params = self._leaves(x)
             for X, Y, n in self._chunks("train"):
                 loss = self._loss_fn(self._forward(params, X), Y) * (X.shape[0] / n)
                 grads = torch.autograd.grad(loss, leaves)
-                out += torch.cat([g.reshape(-1) for g in grads])
-        return out
+                grad += torch.cat([g.reshape(-1) for g in grads])
+                total += float(loss)
+        return total, grad

@@ -23,6 +23,9 @@ __all__ = ["RECORD_FIELDS", "RecordWriter", "read_records", "record_steps", "run
 RECORD_FIELDS = ("dynamics", "seed", "step", "time", "metric", "value")
 
 Metric = Callable[[Tensor], float]
+# ``metrics`` arguments: a mapping name → Metric, or one callable x → {name: value}
+# (for metrics that share work, e.g. ``sdesam.metrics.ClassificationMetrics``).
+Metrics = Mapping[str, Metric] | Callable[[Tensor], Mapping[str, float]]
 
 
 class RecordWriter:
@@ -73,13 +76,19 @@ def record_steps(steps: int, every: int) -> list[int]:
     return sorted(set(range(0, steps + 1, every)) | {steps})
 
 
+def _measure(metrics, x: Tensor) -> dict[str, float]:
+    if isinstance(metrics, Mapping):
+        return {name: float(fn(x)) for name, fn in metrics.items()}
+    return {name: float(v) for name, v in metrics(x).items()}
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def run_trajectory(dynamics: Dynamics, *, steps: Sequence[int], metrics: Mapping[str, Metric],
+def run_trajectory(dynamics: Dynamics, *, steps: Sequence[int], metrics: Metrics,
                    seed: int = 0, x0: Tensor | None = None, writer: RecordWriter | None = None,
                    checkpoint: str | os.PathLike | None = None,
                    on_record: Callable[[int], None] | None = None) -> list[dict]:
@@ -88,7 +97,8 @@ def run_trajectory(dynamics: Dynamics, *, steps: Sequence[int], metrics: Mapping
     Args:
         dynamics: any ``Dynamics`` (discrete integrator or SDE).
         steps: the steps k at which to record (sorted, ≥ 0); the run ends at the last.
-        metrics: name → function of x (d,) returning a float.
+        metrics: name → function of x (d,) returning a float, or one function of x
+            returning a dict name → value.
         seed: the run's seed (all randomness derives from it).
         x0: initial point (d,); default the problem's x₀.
         writer: where records stream as they are produced.
@@ -112,13 +122,15 @@ def run_trajectory(dynamics: Dynamics, *, steps: Sequence[int], metrics: Mapping
         records = list(saved["records"])
     else:
         state = dynamics.init_state(x0, seed)
+    done = {r["step"] for r in records}
     with torch.no_grad():
         for k in steps:
-            if k < state.step:
+            if k < state.step or k in done:
                 continue                                     # recorded before the checkpoint
             dynamics.advance(state, k - state.step)
+            values = _measure(metrics, state.x[0])
             rows = [{"dynamics": dynamics.name, "seed": seed, "step": k, "time": k * dynamics.eta,
-                     "metric": name, "value": float(fn(state.x[0]))} for name, fn in metrics.items()]
+                     "metric": name, "value": value} for name, value in values.items()]
             records.extend(rows)
             if writer is not None:
                 writer.write(rows)
@@ -130,7 +142,7 @@ def run_trajectory(dynamics: Dynamics, *, steps: Sequence[int], metrics: Mapping
 
 
 def simulate(dynamics: Sequence[Dynamics], *, steps: int, record_every: int,
-             metrics: Mapping[str, Metric], seeds: Sequence[int] = (0,), x0: Tensor | None = None,
+             metrics: Metrics, seeds: Sequence[int] = (0,), x0: Tensor | None = None,
              out: str | os.PathLike | None = None, progress: bool = True) -> list[dict]:
     """Run every dynamics from the same x₀ for ``steps`` steps, once per seed.
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sdesam import SAM, USAM, EigenSAM, ReverseSAM, get_rule
+from sdesam.perturbations import SAM, USAM, EigenSAM, ReverseSAM, get_rule
 
 
 def test_rules_by_hand():

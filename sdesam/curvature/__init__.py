@@ -1,4 +1,28 @@
-"""Curvature tools: Hessian operators, power iteration, Lanczos, spectra, alignment."""
-from .power import PowerIterationResult, power_iteration, random_unit_vector, unit_vector
+"""Curvature tools: Hessian operators, power iteration, Lanczos, spectra, alignment.
 
-__all__ = ["PowerIterationResult", "power_iteration", "random_unit_vector", "unit_vector"]
+Everything acts on flat vectors of the d trainable parameters:
+
+- ``HessianOperator`` (``from_module`` / ``from_function``): H @ v over a fixed dataset;
+  ``check_deterministic`` guards every estimate against dropout left on & co.
+- ``lanczos`` (top-k eigenpairs), ``power_method`` / ``power_iteration`` (Algorithm 1).
+- ``slq`` + ``spectral_density`` (spectrum), ``hutchinson_trace`` (trace).
+- ``alignment`` (paper Sec. 4.3), ``dense_hessian`` (tiny-network reference).
+"""
+from .alignment import alignment
+from .dense import dense_hessian
+from .hutchinson import TraceEstimate, hutchinson_trace
+from .lanczos import LanczosResult, PowerMethodResult, lanczos, power_method
+from .operators import (HessianOperator, LinearOperator, NonDeterministicOperatorError,
+                        check_deterministic, check_symmetric, flatten_tensors, unflatten_vector)
+from .power import PowerIterationResult, power_iteration, random_unit_vector, unit_vector
+from .slq import SLQResult, random_probe, slq, spectral_density
+
+__all__ = [
+    "PowerIterationResult", "power_iteration", "random_unit_vector", "unit_vector",
+    "LinearOperator", "HessianOperator", "NonDeterministicOperatorError",
+    "check_deterministic", "check_symmetric", "flatten_tensors", "unflatten_vector",
+    "LanczosResult", "lanczos", "PowerMethodResult", "power_method",
+    "SLQResult", "slq", "spectral_density", "random_probe",
+    "TraceEstimate", "hutchinson_trace",
+    "alignment", "dense_hessian",
+]
