@@ -14,7 +14,7 @@ standard deviation), with the number of seeds n; the best mean of each architect
 dataset group is bold.
 
 ``--quick`` (documented in docs/training.md): Fashion-MNIST, ResNet-18 of width 8
-(176k parameters), a fixed 4,000-image training subset and 2,000 test images, batch
+(176k parameters), a fixed 3,000-image training subset and 1,000 test images, batch
 128, 6 epochs (SGD 12), Eigen-SAM p = 20, seeds 0, 1, 2 — ``presets.QUICK``.
 
 ``--jobs N`` trains N cells at a time in separate processes with ``cpu_count // N``
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from sdesam.training import TrainConfig, table1, table1_quick, train
+from sdesam.training import RESUME_MUTABLE_FIELDS, TrainConfig, table1, table1_quick, train
 from sdesam.training.files import FINAL_FILE, read_json
 from sdesam.training.presets import TABLE1_DATASETS, TABLE1_METHODS, TABLE1_MODELS
 
@@ -75,16 +75,21 @@ def cell_configs(datasets, models, methods, seeds, runs_dir, quick=False, overri
     return configs
 
 
+#: fields that say how a cell ran, not what it computes: ignored when matching finished runs
+RUN_FIELDS = RESUME_MUTABLE_FIELDS + ("threads", "device")
+
+
 def collect(configs) -> list[dict]:
     """Rows (dataset, model, method, seed, test_accuracy, …) of the finished cells; a
-    finished run must have been produced by the cell's configuration."""
+    finished run must have been produced by the cell's configuration (up to
+    ``RUN_FIELDS``)."""
     rows = []
     for cfg in configs:
         path = Path(cfg.out_dir) / FINAL_FILE
         if not path.exists():
             continue
         final = read_json(path)
-        diffs = TrainConfig.from_dict(final["config"]).differences(cfg)
+        diffs = TrainConfig.from_dict(final["config"]).differences(cfg, ignore=RUN_FIELDS)
         if diffs:
             raise ValueError(f"{path} was produced by a different configuration: {diffs}")
         rows.append({"dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "seed": cfg.seed,

@@ -68,6 +68,8 @@ def test_collect_refuses_a_run_of_another_configuration(tmp_path):
     changed = [c.replace(rho=0.2) for c in configs]
     with pytest.raises(ValueError, match="rho"):
         collect(changed)
+    # how a cell ran (threads, device, progress) does not matter
+    assert len(collect([c.replace(threads=1, device="cpu", progress=False) for c in configs])) == 1
 
 
 def test_tiny_real_grid(tmp_path, capsys):

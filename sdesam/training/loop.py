@@ -100,13 +100,6 @@ class _Run:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         self.info, self.device = setup_distributed(config.device)
-        if self.info.world_size > 1:
-            if not config.drop_last:
-                raise ValueError("drop_last=False needs a single process: with DDP every process "
-                                 "must see an equal share of every batch")
-            if config.batch_size % self.info.world_size:
-                raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
-                                 f"{self.info.world_size} processes")
         cuda = self.device.type == "cuda"
         self.amp = config.amp == "bf16" or (config.amp == "auto" and cuda)
         image_model = config.model not in _FLAT_INPUT_MODELS
@@ -270,6 +263,13 @@ def train(config: TrainConfig, callbacks=()) -> TrainResult:
 
 def _train(run: _Run) -> TrainResult:
     c, info, device, out = run.config, run.info, run.device, run.out_dir
+    if info.world_size > 1:
+        if not c.drop_last:
+            raise ValueError("drop_last=False needs a single process: with DDP every process "
+                             "must see an equal share of every batch")
+        if c.batch_size % info.world_size:
+            raise ValueError(f"batch_size={c.batch_size} is not divisible by the "
+                             f"{info.world_size} processes")
     ckpt_path = out / files.CHECKPOINT_FILE
     state = None
     if ckpt_path.exists() or (out / files.FINAL_FILE).exists():

@@ -32,11 +32,11 @@ TABLE1_LR = {"cifar10": 0.1, "fashion_mnist": 0.1, "cifar100": 0.1, "svhn": 0.01
 TABLE2_DATASETS = ("cifar10", "cifar100")
 
 #: the ``--quick`` grid: Fashion-MNIST, a width-8 ResNet-18 (176k parameters instead of
-#: 11.2M) on a fixed 4,000-image training subset and 2,000 test images, batch 128,
-#: 6 epochs (SGD 12) — 31 steps per epoch — and Eigen-SAM's p = 20 so that a short run
+#: 11.2M) on a fixed 3,000-image training subset and 1,000 test images, batch 128,
+#: 6 epochs (SGD 12) — 23 steps per epoch — and Eigen-SAM's p = 20 so that a short run
 #: still refreshes v̂ several times. Everything else is Table 1's.
 QUICK = dict(dataset="fashion_mnist", model="resnet18", model_kwargs={"width": 8},
-             train_subset=4000, test_subset=2000, batch_size=128, epochs=6, p=20,
+             train_subset=3000, test_subset=1000, batch_size=128, epochs=6, p=20,
              eval_batch_size=1000)
 
 
