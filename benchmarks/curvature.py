@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import platform
 import statistics
 import time
@@ -67,13 +67,16 @@ def load_data(spec: str, n: int, seed: int):
     raise SystemExit(f"--data must be 'synthetic' or 'npz:PATH', got {spec!r}")
 
 
-def median_ms(fn, reps: int, warmup: int = 3) -> float:
+def median_ms(fn, reps: int, warmup: int = 3, device: str = "cpu") -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         fn()
+    sync()
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t)
     return 1e3 * statistics.median(ts)
 
@@ -109,6 +112,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--power-iters", type=int, default=300)
     ap.add_argument("--reps", type=int, default=30, help="timing repetitions")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     args = ap.parse_args(argv)
     if args.quick:
@@ -116,20 +120,24 @@ def main(argv=None) -> dict:
         args.starts, args.lanczos_iters, args.power_iters, args.reps = 1, 40, 60, 3
         args.ref_tol = 1e-6
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, device {args.device}, "
+          f"{os.cpu_count()} CPUs, 1-min load average {load} (timings are only comparable on an idle machine)")
     n_all = max(args.train_examples, args.examples)
     x, y, source = load_data(args.data, n_all, args.seed)
+    x, y = x.to(args.device), y.to(args.device)
     print(f"data: {source}")
-    model = make_mlp(args.seed)
+    model = make_mlp(args.seed).to(args.device)
     d = sum(p.numel() for p in model.parameters())
     loss_fn = nn.CrossEntropyLoss()
 
     # 1. move away from the initialisation
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)
-    g = torch.Generator().manual_seed(args.seed + 1)
+    g = torch.Generator(device=args.device).manual_seed(args.seed + 1)
     xt, yt = x[:args.train_examples], y[:args.train_examples]
     for _ in range(args.train_steps):
-        idx = torch.randint(0, len(xt), (args.batch_size,), generator=g)
+        idx = torch.randint(0, len(xt), (args.batch_size,), generator=g, device=args.device)
         opt.zero_grad()
         loss_fn(model(xt[idx]), yt[idx]).backward()
         opt.step()
@@ -166,7 +174,7 @@ def main(argv=None) -> dict:
         rh = lz.residual_history[:, 0]
         lz_stop = next((j + 1 for j in range(len(rh)) if rh[j] <= args.rel * abs(hist[j])), None)
         aligns = []
-        pm = power_method(op, tol=1e-14, max_iters=args.power_iters, v0=v0, check_determinism=False,
+        pm = power_method(op, tol=1e-8, max_iters=args.power_iters, v0=v0, check_determinism=False,
                           callback=lambda t, v, th: aligns.append(alignment(v, v1).item()))
         run = {
             "start": s,
@@ -204,7 +212,7 @@ def main(argv=None) -> dict:
     def plain_grad():
         return torch.autograd.grad(loss_fn(model(xb), yb), params)
 
-    vb = torch.randn(d, generator=torch.Generator().manual_seed(3))
+    vb = torch.randn(d, generator=torch.Generator().manual_seed(3)).to(args.device)
     ops = {
         "double_backward": HessianOperator.from_module(model, loss_fn, [(xb, yb)]),
         "forward_over_reverse": HessianOperator.from_module(model, loss_fn, [(xb, yb)],
@@ -212,9 +220,9 @@ def main(argv=None) -> dict:
         "double_backward_cached_graph": HessianOperator.from_module(model, loss_fn, [(xb, yb)],
                                                                     cache_graph=True),
     }
-    t_grad = median_ms(plain_grad, args.reps)
-    t_hvp = {k: median_ms(lambda o=o: o @ vb, args.reps) for k, o in ops.items()}
-    t_full = median_ms(lambda: op @ vb, max(3, args.reps // 5))
+    t_grad = median_ms(plain_grad, args.reps, device=args.device)
+    t_hvp = {k: median_ms(lambda o=o: o @ vb, args.reps, device=args.device) for k, o in ops.items()}
+    t_full = median_ms(lambda: op @ vb, max(3, args.reps // 5), device=args.device)
     print(f"plain gradient (B={args.batch_size}): {t_grad:.2f} ms; HVP: " +
           ", ".join(f"{k} {t:.2f} ms ({t / t_grad:.2f}x)" for k, t in t_hvp.items()) +
           f"; one operator product over {args.examples} examples: {t_full:.1f} ms")
@@ -227,7 +235,8 @@ def main(argv=None) -> dict:
         "benchmark": "curvature", "data": args.data, "synthetic": args.data == "synthetic",
         "model": "mlp-784-784-10-gelu", "d": d, "examples": args.examples,
         "batch_size": args.batch_size, "train_steps": args.train_steps,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
+        "load_average_1min_at_start": load,
         "lambda1_ref": lam1, "lambda2_ref": lam2, "ref_residual": ref.residuals[0].item(),
         "ref_hvps": ref.num_matvecs, "rel_target": args.rel,
         "lanczos_hvps_to_rel_median": med("lanczos_hvps_to_rel"),

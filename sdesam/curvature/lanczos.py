@@ -108,8 +108,9 @@ class _LanczosProcess:
             self.exhausted = True
             return
         for _ in range(3):
+            gdev = self.generator.device if self.generator is not None else self.device
             r = torch.randn(self.d, generator=self.generator, dtype=self.basis_dtype,
-                            device=self.device)
+                            device=gdev).to(self.device)
             r = self._orthogonalise(r, self.m)
             nrm = torch.linalg.vector_norm(r).item()
             if nrm > 1e-8:
