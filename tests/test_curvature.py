@@ -117,6 +117,7 @@ def test_flat_helpers_and_from_function():
     fop = HessianOperator.from_function(lambda v: A @ v, 5, DT)
     assert torch.equal(fop @ torch.ones(5, dtype=DT), torch.arange(1.0, 6.0, dtype=DT))
     assert torch.equal(fop.to_dense(), A)
+    assert fop.matvec(torch.ones(5, 0, dtype=DT)).shape == (5, 0)
     assert fop.num_matvecs == 6
     with pytest.raises(ValueError, match="shape"):
         fop @ torch.ones(4, dtype=DT)

@@ -93,6 +93,8 @@ class LinearOperator:
         v = v.to(dtype=self.dtype, device=self.device)
         if v.dim() == 1:
             out = self._apply_one(v)
+        elif v.shape[1] == 0:
+            out = torch.empty(self.dim, 0, dtype=self.dtype, device=self.device)
         else:
             out = torch.stack([self._apply_one(v[:, j]) for j in range(v.shape[1])], dim=1)
         return out
