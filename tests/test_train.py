@@ -13,6 +13,7 @@ import torch
 
 from sdesam.data import UnsafePickleError
 from sdesam.errors import NonFiniteStateError
+from sdesam.optim import frozen_running_stats
 from sdesam.training import Callback, TrainConfig, table1, table1_quick, table2, train
 from tests.test_data_idx import write_mnist_style
 
@@ -52,7 +53,7 @@ class StepRecorder(Callback):
 
     def on_step(self, ctx):
         x, y = ctx.batch
-        with torch.no_grad():
+        with torch.no_grad(), frozen_running_stats(ctx.model):   # leave BN statistics alone
             return {"loss_before_step": ctx.loss_fn(ctx.model(x), y).item(), "batch": len(y)}
 
     def on_epoch_end(self, ctx):
