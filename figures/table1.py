@@ -76,7 +76,7 @@ def cell_configs(datasets, models, methods, seeds, runs_dir, quick=False, overri
 
 
 #: fields that say how a cell ran, not what it computes: ignored when matching finished runs
-RUN_FIELDS = RESUME_MUTABLE_FIELDS + ("threads", "device")
+RUN_FIELDS = RESUME_MUTABLE_FIELDS + ("device",)
 
 
 def collect(configs) -> list[dict]:
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(TABLE1_METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--runs-dir", default=None, help="default runs/table1 (runs/table1-quick)")
-    ap.add_argument("--out", default=None, help="output prefix, default figures/out/table1[-quick]")
+    ap.add_argument("--out", default=None, help="output prefix, default RUNS_DIR/table1 (.md, .csv)")
     ap.add_argument("--collect-only", action="store_true", help="do not train; tabulate finished runs")
     ap.add_argument("--jobs", type=int, default=1, help="cells trained at a time (processes)")
     ap.add_argument("--set", dest="overrides", action="append", type=_setting, default=[],
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     if args.quick and (datasets != ["fashion_mnist"] or models != ["resnet18"]):
         ap.error("--quick is the Fashion-MNIST / ResNet-18 grid; drop --datasets/--models")
     runs_dir = args.runs_dir or f"runs/{tag}"
-    out = Path(args.out or f"figures/out/{tag}")
+    out = Path(args.out or Path(runs_dir) / "table1")
     try:
         configs = cell_configs(datasets, models, args.methods, args.seeds, runs_dir, args.quick,
                                dict(args.overrides))

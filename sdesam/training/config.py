@@ -27,9 +27,10 @@ SCHEDULES = ("cosine", "constant")
 NORMALIZATIONS = ("dataset", "imagenet")
 #: mixed precision: ``"auto"`` = bf16 autocast on CUDA, none on CPU.
 AMP_MODES = ("auto", "bf16", "none")
-#: fields that may differ between a checkpoint and the configuration resuming it (they
-#: do not change the computation).
-RESUME_MUTABLE_FIELDS = ("data_dir", "out_dir", "progress", "log_every", "resume")
+#: fields that may differ between a checkpoint and the configuration resuming it: they do
+#: not change what is computed (a different thread count can change float summation
+#: order, so bit-identical resumes need the same ``threads``).
+RESUME_MUTABLE_FIELDS = ("data_dir", "out_dir", "progress", "log_every", "resume", "threads")
 
 
 @dataclass
