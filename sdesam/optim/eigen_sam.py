@@ -152,12 +152,13 @@ class EigenSAM(SAM):
         return loss
 
     # -- Eq. 7-8 ----------------------------------------------------------------------------
-    def perturbation(self, g: Tensor) -> Tensor:
-        """ε for the flat gradient ``g`` (d,) with the current v̂ (Eq. 8); ε = g before the
-        first estimate (``first_refresh="after_p"``)."""
+    def _coefficients(self, g: Tensor):
+        """Eq. 8 with the current v̂; ε = g (USAM) before the first estimate
+        (``first_refresh="after_p"``)."""
         if not self.has_estimate:
-            return perturbations.USAM()(g)
-        return self.rule(g, self.eigenvector)
+            return perturbations.USAM().coefficients(g) + (None,)
+        a, b = self.rule.coefficients(g, self.eigenvector)
+        return a, b, self.eigenvector
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:

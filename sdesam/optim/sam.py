@@ -80,24 +80,35 @@ class SAM(WrappedOptimizer):
         self._backup = None       # the parameters x while they sit at x + ρε
 
     # -- the perturbation ---------------------------------------------------------------
+    def _coefficients(self, g: Tensor):
+        """(a, b, v̂): the rule's ε = a·g + b·v̂ for the flat gradient g (b, v̂ None if unused)."""
+        a, b = self.rule.coefficients(g)
+        return a, b, None
+
     def perturbation(self, g: Tensor) -> Tensor:
         """ε for the flat gradient ``g`` (d,), before scaling by ρ."""
-        return self.rule(g)
+        a, b, v = self._coefficients(g)
+        return a * g if b is None else a * g + b * v
 
     @torch.no_grad()
-    def _ascend(self, eps: Tensor) -> None:
-        """Save x and move every parameter to x + ρ_group ε."""
+    def _ascend(self, a: Tensor, b: Tensor | None, v: Tensor | None) -> None:
+        """Save x and move every parameter to x + ρ_group (a·g + b·v̂), in place (ε itself
+        is never materialised: two fused passes over the parameters at most)."""
         params = self._params()
         self._backup = [p.detach().clone() for p in params]
-        for p, piece, rho in zip(params, self._split(eps), self._rhos()):
-            p.add_(piece, alpha=rho)
+        v_pieces = self._split(v) if b is not None else [None] * len(params)
+        for p, rho, v_piece in zip(params, self._rhos(), v_pieces):
+            if p.grad is not None:
+                p.addcmul_(p.grad, (rho * a).to(p.dtype))
+            if v_piece is not None:
+                p.addcmul_(v_piece, (rho * b).to(p.dtype))
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """x → x + ρ ε(g), with g the gradients currently in ``.grad`` (the clean pass)."""
         if self._backup is not None:
             raise RuntimeError("first_step() called twice: call second_step() in between")
-        self._ascend(self.perturbation(self.flat_grad()))
+        self._ascend(*self._coefficients(self.flat_grad()))
         if zero_grad:
             self.zero_grad()
 
