@@ -12,6 +12,7 @@ B-subsets, as the SDE theory assumes), from the generator keyed (seed, step).
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from . import perturbations
@@ -56,7 +57,7 @@ class SGD(Dynamics):
 
     def _step(self, state):
         batch = step_batches(self.problem, state)
-        state.x -= self.eta * self.problem.gradient(state.x, batch)
+        state.x.add_(self.problem.gradient(state.x, batch), alpha=-self.eta)
 
 
 class _Perturbed(Dynamics):
@@ -76,7 +77,7 @@ class _Perturbed(Dynamics):
         rule = rule or self.rule
         g = self.problem.gradient(state.x, batch)
         eps = rule(g, eigvec)
-        state.x -= self.eta * self.problem.gradient(state.x + self.rho * eps, batch)
+        state.x.add_(self.problem.gradient(torch.add(state.x, eps, alpha=self.rho), batch), alpha=-self.eta)
 
     def _step(self, state):
         self._perturbed_step(state, step_batches(self.problem, state))
@@ -112,7 +113,7 @@ class EGR(_Perturbed):
     def _step(self, state):
         batch = step_batches(self.problem, state)
         tv = self.problem.taylor(state.x, batch, self.rule, self.rho, order=1)
-        state.x -= self.eta * tv.v
+        state.x.add_(tv.v, alpha=-self.eta)
 
 
 class EigenSAM(_Perturbed):
