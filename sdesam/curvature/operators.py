@@ -240,6 +240,30 @@ class HessianOperator(LinearOperator):
         return cls(dim, dtype, device, hvp_fn)
 
     @classmethod
+    def from_problem(cls, problem, x: Tensor, batch: Tensor) -> "HessianOperator":
+        """∇²f_γ(x) of a ``sdesam.problem.Problem`` as an operator: v ↦ ``problem.hvp(x, batch, v)``.
+
+        Args:
+            problem: a ``Problem`` (anything with ``dim`` and ``hvp(x, batch, v)``).
+            x: the point, shape (d,); copied (detached), so later changes to the
+                caller's tensor do not move the operator.
+            batch: one minibatch γ, a LongTensor (B,) of example indices with
+                B = ``problem.batch_size``. For the Hessian of the mean loss over a fixed
+                subset S of a ``ModuleProblem``, use ``problem.subproblem(S, len(S))`` and
+                ``torch.arange(len(S))``.
+        """
+        dim = problem.dim
+        if not isinstance(x, Tensor) or x.shape != (dim,):
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be the flat point of shape ({dim},), got {got}")
+        batch = torch.as_tensor(batch, device=x.device)
+        if batch.dim() != 1 or batch.dtype != torch.long:
+            raise ValueError("batch must be one minibatch: a LongTensor of shape (B,), got "
+                             f"{batch.dtype} of shape {tuple(batch.shape)}")
+        x = x.detach().clone()
+        return cls(dim, x.dtype, x.device, lambda v: problem.hvp(x, batch, v.to(x.dtype)))
+
+    @classmethod
     def from_module(cls, model: nn.Module, loss_fn: Callable, batches, *,
                     params: Sequence[Tensor] | None = None, reduction: str = "mean",
                     hvp_method: str = "double_backward",
