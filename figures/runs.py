@@ -184,34 +184,35 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, defaults) 
     """One flag per dataclass field (``--field-name``); help shows the quick default.
     Tuples take several values, dicts a JSON object, optional numbers accept ``none``;
     ``overrides`` is ``--set KEY=VALUE`` (repeatable, JSON values)."""
+    unset = argparse.SUPPRESS          # an absent flag leaves no attribute (``none`` is a value)
     for f in dataclasses.fields(config_cls):
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
         if f.name == "overrides":
-            parser.add_argument("--set", dest="overrides", action="append", type=_setting, default=None,
+            parser.add_argument("--set", dest="overrides", action="append", type=_setting, default=unset,
                                 metavar="KEY=VALUE", help="TrainConfig field for every run (repeatable)")
         elif kind.startswith("bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=unset,
                                 help=f"default {default}")
         elif kind.startswith("tuple"):
             elem = type(default[0]) if default else str
-            parser.add_argument(flag, nargs="+", type=elem, default=None, help=f"default {' '.join(map(str, default))}")
+            parser.add_argument(flag, nargs="+", type=elem, default=unset, help=f"default {' '.join(map(str, default))}")
         elif kind.startswith("dict"):
-            parser.add_argument(flag, type=_json_dict, default=None, help=f"JSON object, default {json.dumps(default)}")
+            parser.add_argument(flag, type=_json_dict, default=unset, help=f"JSON object, default {json.dumps(default)}")
         else:
             base = _SCALARS[kind.split("|")[0].strip()]
             parse = _optional(base) if "None" in kind else base
-            parser.add_argument(flag, type=parse, default=None, help=f"default {default}")
+            parser.add_argument(flag, type=parse, default=unset, help=f"default {default}")
 
 
 def config_from_args(args: argparse.Namespace, config):
     """``config`` with every flag that was given applied (validated by the dataclass)."""
     changes = {}
     for f in dataclasses.fields(config):
-        value = getattr(args, f.name, None)
-        if value is None:
+        if not hasattr(args, f.name):
             continue
+        value = getattr(args, f.name)
         if f.name == "overrides":
             value = {**config.overrides, **dict(value)}
         elif isinstance(getattr(config, f.name), tuple):
