@@ -189,7 +189,7 @@ def summarize(rows, cfg: Config, spe: int) -> dict:
 # ------------------------------------------------------------------------------------
 # Plot
 # ------------------------------------------------------------------------------------
-def plot(rows, cfg: Config, spe: int, summary: dict):
+def plot(rows, cfg: Config, spe: int):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -274,7 +274,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     write_csv(out / "records.csv", ["method", "seed", "step", "epoch", "metric", "value"], rows)
     numbers = summarize(rows, cfg, spe)
     stem = f"figure1_{cfg.dataset}"
-    save_figure(plot(rows, cfg, spe, numbers), out, stem)
+    save_figure(plot(rows, cfg, spe), out, stem)
     summary = {
         "figure": "Figure 1", "config": asdict(cfg), "dataset": cfg.dataset,
         "paper_dataset": PAPER_DATASET, "dataset_is_papers": cfg.dataset == PAPER_DATASET,

@@ -144,7 +144,8 @@ def plot(cfg: Config, bands: dict, spectra: dict):
     m = np.array([100 * bands[x]["mean"] for x in cfg.alphas])
     h = np.nan_to_num(np.array([100 * bands[x]["ci95"] for x in cfg.alphas]))
     ax1.plot(a, m, "-o", color="tab:red", label="mean over seeds")
-    ax1.fill_between(a, m - h, m + h, color="tab:blue", alpha=0.2, lw=0, label="95% CI (Student t)")
+    ax1.fill_between(a, np.clip(m - h, 0, 100), np.clip(m + h, 0, 100), color="tab:blue", alpha=0.2, lw=0,
+                     label="95% CI (Student t), clipped to [0, 100]")
     for x in cfg.alphas:
         vals = bands[x]["values"]
         ax1.scatter([x] * len(vals), [100 * v for v in vals], s=10, color="k", alpha=0.5, zorder=3)
