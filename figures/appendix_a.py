@@ -109,7 +109,7 @@ def to_markdown(cfg: Config, acc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, cfg: Config):
+def plot(rows, cfg: Config, rhos):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -130,7 +130,7 @@ def plot(rows, cfg: Config):
     note = "" if paper else " — stand-in for the paper's ResNet-18 on CIFAR-10"
     width = f" (width {cfg.model_kwargs['width']})" if "width" in cfg.model_kwargs else ""
     n_train = "all" if cfg.train_subset is None else f"{cfg.train_subset}"
-    rho = f"ρ = {cfg.rho}" if cfg.rho is not None else "Table 1's ρ"
+    rho = "ρ = " + ", ".join(f"{r:g}" for r in rhos)
     fig.suptitle(f"{model_label(cfg.model)}{width} on {dataset_label(cfg.dataset)}{note}: {n_train} training images, "
                  f"B = {cfg.batch_size}, {rho}; mean ± 95% CI over {cfg.seeds} seeds", fontsize=10)
     fig.tight_layout()
@@ -166,7 +166,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     acc = final_accuracy(rows, cfg)
     (out / "accuracy.md").write_text(to_markdown(cfg, acc))
     stem = f"appendix_a_{cfg.dataset}"
-    save_figure(plot(rows, cfg), out, stem)
+    save_figure(plot(rows, cfg, sorted(rhos)), out, stem)
     final_losses = {}
     for method in cfg.methods:
         final_losses[method] = {}
