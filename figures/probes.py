@@ -196,7 +196,7 @@ class AlignmentProbe(Callback):
             return top_eigenpair(op, tol=self.tol, max_iters=self.max_iters,
                                  seed=derived_seed(self.seed, 1, ctx.step))
 
-    def on_step(self, ctx) -> dict:
+    def on_step(self, ctx) -> dict | None:
         t0 = time.perf_counter()
         record = {}
         eps = None
@@ -219,6 +219,8 @@ class AlignmentProbe(Callback):
             record.update(sub.record("subset_"))
             if eps is not None:
                 record["align_subset"] = alignment(eps, sub.vector).item()
+        if not record:
+            return None             # nothing due at this step (align=False, not a subset step)
         record["probe_seconds"] = time.perf_counter() - t0
         return record
 
@@ -244,7 +246,7 @@ def spectrum_record(op: HessianOperator, *, probes: int, steps: int, tol: float,
         derived_seed(seed, 1)))
     nodes = torch.nan_to_num(spec.nodes, nan=0.0)
     samples = op.dim * (spec.weights * nodes).sum(1)
-    stderr = samples.std(unbiased=True).item() / math.sqrt(probes) if probes > 1 else math.nan
+    stderr = samples.std(correction=1).item() / math.sqrt(probes) if probes > 1 else math.nan
     return {"dim": op.dim, **top.record(""), "trace": samples.mean().item(), "trace_stderr": stderr,
             "slq_probes": probes, "slq_steps": steps, "slq_hvps": op.num_matvecs - before,
             "nodes": [[None if math.isnan(v) else v for v in row] for row in spec.nodes.tolist()],

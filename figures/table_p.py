@@ -138,12 +138,16 @@ def plot(cfg: Config, table: dict):
             h = np.nan_to_num(np.array([table[(dataset, model, p)]["ci95"] for p in ps]))
             ax.errorbar(ps, m, yerr=h, fmt="-o", ms=4, capsize=3, color=color,
                         label=f"{model_label(model)}: Eigen-SAM (± 95% CI)")
+            for p in ps:
+                vals = table[(dataset, model, p)]["values"]
+                ax.scatter([p] * len(vals), vals, s=10, color="k", alpha=0.5, zorder=3)
             sam = table.get((dataset, model, "sam"))
             if sam is not None:
                 half = 0.0 if math.isnan(sam["ci95"]) else sam["ci95"]
                 ax.axhline(sam["mean"], color=color, ls="--", lw=1, label=f"{model_label(model)}: SAM")
                 ax.axhspan(sam["mean"] - half, sam["mean"] + half, color=color, alpha=0.1, lw=0)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xticks(list(cfg.ps))
         ax.set_xticklabels([str(p) for p in cfg.ps])
         ax.set_xlabel("refresh interval p (steps)")

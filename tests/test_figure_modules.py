@@ -69,6 +69,8 @@ def test_figure1(tmp_path, data_dir):
     rows = read_csv(out / "records.csv")
     assert list(rows[0]) == ["method", "seed", "step", "epoch", "metric", "value"]
     assert sum(r["metric"] == "align_minibatch" for r in rows) == 8
+    sgd_steps = [json.loads(line) for line in (out / "runs" / "sgd-s0" / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in sgd_steps] == [0, 2]                        # SGD: only the λ₁ steps
     stamps, text = finals(out), (out / "records.csv").read_text()
     assert len(stamps) == 3
     figure1.main(args)                                                     # collects, trains nothing
