@@ -1,6 +1,6 @@
 """Curvature benchmark: products needed for λ₁ by Lanczos vs power iteration; HVP cost.
 
-    python -m benchmarks.curvature [--data synthetic | --data npz:PATH] [--quick]
+    python -m benchmarks.curvature [--data mnist | synthetic | npz:PATH] [--quick]
 
 On the 784-784-10 GeLU MLP (float32), with the Hessian of the mean cross-entropy over a
 fixed subset (default 1024 examples in batches of 128, eval mode):
@@ -12,25 +12,30 @@ fixed subset (default 1024 examples in batches of 128, eval mode):
    estimates of λ₁ are, and stay, within 1e-3 relative of the reference; and where their
    own stopping rules would stop (Lanczos: relative residual ≤ 1e-3; power iteration:
    relative change ≤ 1e-3 and ≤ 1e-5), with the error there;
-3. alignment of the q-th power iterate with the reference top eigenvector for
-   q = 1..10 (cold start; cf. paper Fig. 5);
+3. alignment (paper Sec. 4.3) of the q-th power iterate with the reference top
+   eigenvector for q = 1..10 from each cold start (cf. paper Fig. 5);
 4. time of one HVP over one batch of 128 divided by the time of one plain gradient
    (``torch.autograd.grad`` of the module's loss on its parameters), for each HVP
    method, and the time of one operator product over the whole subset.
 
-Data: ``--data synthetic`` (default) draws MNIST-shaped inputs (uniform on {0, 1/256,
-…, 255/256}, 784 pixels) with labels from a random linear teacher, and the MLP is
-first trained ``--train-steps`` SGD steps on them so that the Hessian is not that of
-the initialisation. ``--data npz:PATH`` reads arrays ``x`` (N × 784 or N × 1 × 28 × 28,
-floats) and ``y`` (N labels in 0..9) instead — the hook to switch to real MNIST.
+Data: ``--data mnist`` (default) is real MNIST (``sdesam.data.load_dataset("mnist")``,
+offline from ``$SDESAM_DATA`` / ``~/.cache/sdesam`` once fetched): a random subset of
+the 60k training images (seed ``--seed``), pixels scaled to [0, 1] and standardised with
+the training mean/std as in Figure 2. ``--data synthetic`` draws MNIST-shaped inputs
+(uniform on {0, 1/256, …, 255/256}, 784 pixels) with labels from a random linear
+teacher — a labelled stand-in, not MNIST. ``--data npz:PATH`` reads arrays ``x`` (N ×
+784 or N × 1 × 28 × 28, floats) and ``y`` (N labels in 0..9). In every case the MLP is
+first trained ``--train-steps`` SGD steps on the data so that the Hessian is not that
+of the initialisation.
 
 The last line printed is one JSON object with all the numbers.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import math
+import os
 import platform
 import statistics
 import time
@@ -46,7 +51,15 @@ def make_mlp(seed: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 784), nn.GELU(), nn.Linear(784, 10))
 
 
-def load_data(spec: str, n: int, seed: int):
+def load_data(spec: str, n: int, seed: int, data_dir=None):
+    if spec == "mnist":
+        from sdesam.data import load_dataset
+        train, _ = load_dataset("mnist", data_dir)
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(train), generator=g)[:n]
+        x = (train.images[idx].reshape(n, 784).float() / 255.0 - train.mean[0]) / train.std[0]
+        return x, train.labels[idx], (f"real MNIST: random subset of {n} of the {len(train)} training "
+                                      "images, pixel/255 standardised with the training mean/std")
     if spec == "synthetic":
         g = torch.Generator().manual_seed(seed)
         x = torch.randint(0, 256, (n, 784), generator=g).float() / 256
@@ -64,16 +77,19 @@ def load_data(spec: str, n: int, seed: int):
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(x), generator=g)[:n]
         return x[idx], y[idx], f"arrays x, y from {path} (random subset of {n})"
-    raise SystemExit(f"--data must be 'synthetic' or 'npz:PATH', got {spec!r}")
+    raise SystemExit(f"--data must be 'mnist', 'synthetic' or 'npz:PATH', got {spec!r}")
 
 
-def median_ms(fn, reps: int, warmup: int = 3) -> float:
+def median_ms(fn, reps: int, warmup: int = 3, device: str = "cpu") -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         fn()
+    sync()
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t)
     return 1e3 * statistics.median(ts)
 
@@ -94,57 +110,9 @@ def power_stop(history: torch.Tensor, tol: float) -> int | None:
     return None
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="synthetic", help="'synthetic' or 'npz:PATH'")
-    ap.add_argument("--examples", type=int, default=1024, help="fixed subset for the Hessian")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--train-examples", type=int, default=8192)
-    ap.add_argument("--train-steps", type=int, default=300)
-    ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--starts", type=int, default=3, help="random start vectors")
-    ap.add_argument("--rel", type=float, default=1e-3, help="target relative accuracy of λ1")
-    ap.add_argument("--ref-tol", type=float, default=1e-8)
-    ap.add_argument("--lanczos-iters", type=int, default=80)
-    ap.add_argument("--power-iters", type=int, default=600)
-    ap.add_argument("--reps", type=int, default=30, help="timing repetitions")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.examples, args.train_examples, args.train_steps = 256, 512, 20
-        args.starts, args.lanczos_iters, args.power_iters, args.reps = 1, 40, 60, 3
-        args.ref_tol = 1e-6
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    n_all = max(args.train_examples, args.examples)
-    x, y, source = load_data(args.data, n_all, args.seed)
-    print(f"data: {source}")
-    model = make_mlp(args.seed)
-    d = sum(p.numel() for p in model.parameters())
-    loss_fn = nn.CrossEntropyLoss()
-
-    # 1. move away from the initialisation
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    xt, yt = x[:args.train_examples], y[:args.train_examples]
-    for _ in range(args.train_steps):
-        idx = torch.randint(0, len(xt), (args.batch_size,), generator=g)
-        opt.zero_grad()
-        loss_fn(model(xt[idx]), yt[idx]).backward()
-        opt.step()
-    model.eval()
-    xs, ys = x[:args.examples], y[:args.examples]
-    batches = [(xs[i:i + args.batch_size], ys[i:i + args.batch_size])
-               for i in range(0, args.examples, args.batch_size)]
-    with torch.no_grad():
-        subset_loss = loss_fn(model(xs), ys).item()
-    print(f"MLP 784-784-10 GeLU, d = {d}, {args.train_steps} SGD steps (lr {args.lr}); "
-          f"Hessian on a fixed subset of {args.examples} examples in {len(batches)} batches "
-          f"of {args.batch_size}; subset loss {subset_loss:.4f}")
-
+def measure_products(args, model, loss_fn, batches, d) -> dict:
+    """Steps 2-3: reference λ1, products to reach it, alignment of power iterates."""
     # 2. reference λ1 in float64
-    import copy
     m64 = copy.deepcopy(model).double()
     op64 = HessianOperator.from_module(m64, loss_fn, [(a.double(), b) for a, b in batches])
     t0 = time.perf_counter()
@@ -165,7 +133,9 @@ def main(argv=None) -> dict:
         hist = lz.history[:, 0]
         rh = lz.residual_history[:, 0]
         lz_stop = next((j + 1 for j in range(len(rh)) if rh[j] <= args.rel * abs(hist[j])), None)
-        pm = power_method(op, tol=1e-14, max_iters=args.power_iters, v0=v0, check_determinism=False)
+        aligns = []
+        pm = power_method(op, tol=1e-8, max_iters=args.power_iters, v0=v0, check_determinism=False,
+                          callback=lambda t, v, th: aligns.append(alignment(v, v1).item()))
         run = {
             "start": s,
             "lanczos_hvps_to_rel": first_stay_within(hist, lam1, args.rel),
@@ -174,6 +144,8 @@ def main(argv=None) -> dict:
             "lanczos_final_rel_err": abs(hist[-1].item() - lam1) / lam1,
             "power_hvps_to_rel": first_stay_within(pm.history, lam1, args.rel),
             "power_final_rel_err": abs(pm.history[-1].item() - lam1) / lam1,
+            "lanczos_final_alignment": alignment(lz.eigenvectors[:, 0], v1).item(),
+            "power_alignment_q1_to_10": aligns[:10],
         }
         for tol in (1e-3, 1e-5):
             st = power_stop(pm.history, tol)
@@ -188,11 +160,83 @@ def main(argv=None) -> dict:
               f"with error {run['power_rule_1e-05_stop_rel_err']})")
 
     # 3. alignment of power iterates with v1 (cold start), cf. paper Fig. 5
-    aligns = []
-    power_method(op, tol=1e-30, max_iters=10, v0=torch.randn(d, generator=torch.Generator().manual_seed(7)),
-                 check_determinism=False,
-                 callback=lambda t, v, th: aligns.append(alignment(v, v1).item()))
-    print("alignment of the q-th power iterate with v1, q = 1..10: " + ", ".join(f"{a:.3f}" for a in aligns))
+    for r in runs:
+        print(f"start {r['start']}: alignment of the q-th power iterate with v1, q = 1..10: "
+              + ", ".join(f"{a:.3f}" for a in r["power_alignment_q1_to_10"])
+              + f"; Lanczos vector at the end: {r['lanczos_final_alignment']:.6f}")
+
+
+    def med(key):
+        vals = [r[key] for r in runs]
+        return None if any(v is None for v in vals) else statistics.median(vals)
+
+    return {
+        "lambda1_ref": lam1, "lambda2_ref": lam2, "ref_residual": ref.residuals[0].item(),
+        "ref_hvps": ref.num_matvecs, "rel_target": args.rel,
+        "lanczos_hvps_to_rel_median": med("lanczos_hvps_to_rel"),
+        "power_hvps_to_rel_median": med("power_hvps_to_rel"),
+        "runs": runs,
+    }
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="mnist", help="'mnist' (real, default), 'synthetic' "
+                    "(MNIST-shaped stand-in) or 'npz:PATH'")
+    ap.add_argument("--data-dir", default=None, help="MNIST location (default $SDESAM_DATA or ~/.cache/sdesam)")
+    ap.add_argument("--examples", type=int, default=1024, help="fixed subset for the Hessian")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--train-examples", type=int, default=8192)
+    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--starts", type=int, default=5, help="random start vectors")
+    ap.add_argument("--rel", type=float, default=1e-3, help="target relative accuracy of λ1")
+    ap.add_argument("--ref-tol", type=float, default=1e-8)
+    ap.add_argument("--lanczos-iters", type=int, default=80)
+    ap.add_argument("--power-iters", type=int, default=300)
+    ap.add_argument("--reps", type=int, default=30, help="timing repetitions")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
+    ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    ap.add_argument("--timing-only", action="store_true", help="skip the eigenvalue runs (steps 2-3)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.examples, args.train_examples, args.train_steps = 256, 512, 20
+        args.starts, args.lanczos_iters, args.power_iters, args.reps = 1, 40, 60, 3
+        args.ref_tol = 1e-6
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, device {args.device}, "
+          f"{os.cpu_count()} CPUs, 1-min load average {load} (timings are only comparable on an idle machine)")
+    n_all = max(args.train_examples, args.examples)
+    x, y, source = load_data(args.data, n_all, args.seed, args.data_dir)
+    x, y = x.to(args.device), y.to(args.device)
+    print(f"data: {source}")
+    model = make_mlp(args.seed).to(args.device)
+    d = sum(p.numel() for p in model.parameters())
+    loss_fn = nn.CrossEntropyLoss()
+
+    # 1. move away from the initialisation
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+    g = torch.Generator(device=args.device).manual_seed(args.seed + 1)
+    xt, yt = x[:args.train_examples], y[:args.train_examples]
+    for _ in range(args.train_steps):
+        idx = torch.randint(0, len(xt), (args.batch_size,), generator=g, device=args.device)
+        opt.zero_grad()
+        loss_fn(model(xt[idx]), yt[idx]).backward()
+        opt.step()
+    model.eval()
+    xs, ys = x[:args.examples], y[:args.examples]
+    batches = [(xs[i:i + args.batch_size], ys[i:i + args.batch_size])
+               for i in range(0, args.examples, args.batch_size)]
+    with torch.no_grad():
+        subset_loss = loss_fn(model(xs), ys).item()
+    print(f"MLP 784-784-10 GeLU, d = {d}, {args.train_steps} SGD steps (lr {args.lr}); "
+          f"Hessian on a fixed subset of {args.examples} examples in {len(batches)} batches "
+          f"of {args.batch_size}; subset loss {subset_loss:.4f}")
+
+    products = {} if args.timing_only else measure_products(args, model, loss_fn, batches, d)
 
     # 4. timing
     xb, yb = batches[0]
@@ -201,7 +245,7 @@ def main(argv=None) -> dict:
     def plain_grad():
         return torch.autograd.grad(loss_fn(model(xb), yb), params)
 
-    vb = torch.randn(d, generator=torch.Generator().manual_seed(3))
+    vb = torch.randn(d, generator=torch.Generator().manual_seed(3)).to(args.device)
     ops = {
         "double_backward": HessianOperator.from_module(model, loss_fn, [(xb, yb)]),
         "forward_over_reverse": HessianOperator.from_module(model, loss_fn, [(xb, yb)],
@@ -209,27 +253,22 @@ def main(argv=None) -> dict:
         "double_backward_cached_graph": HessianOperator.from_module(model, loss_fn, [(xb, yb)],
                                                                     cache_graph=True),
     }
-    t_grad = median_ms(plain_grad, args.reps)
-    t_hvp = {k: median_ms(lambda o=o: o @ vb, args.reps) for k, o in ops.items()}
-    t_full = median_ms(lambda: op @ vb, max(3, args.reps // 5))
+    t_grad = median_ms(plain_grad, args.reps, device=args.device)
+    t_hvp = {k: median_ms(lambda o=o: o @ vb, args.reps, device=args.device) for k, o in ops.items()}
+    op = HessianOperator.from_module(model, loss_fn, batches)
+    t_full = median_ms(lambda: op @ vb, max(3, args.reps // 5), device=args.device)
     print(f"plain gradient (B={args.batch_size}): {t_grad:.2f} ms; HVP: " +
           ", ".join(f"{k} {t:.2f} ms ({t / t_grad:.2f}x)" for k, t in t_hvp.items()) +
           f"; one operator product over {args.examples} examples: {t_full:.1f} ms")
 
-    def med(key):
-        vals = [r[key] for r in runs]
-        return None if any(v is None for v in vals) else statistics.median(vals)
-
     out = {
-        "benchmark": "curvature", "data": args.data, "synthetic": args.data == "synthetic",
+        "benchmark": "curvature", "data": args.data, "data_description": source,
+        "synthetic": args.data == "synthetic",
         "model": "mlp-784-784-10-gelu", "d": d, "examples": args.examples,
         "batch_size": args.batch_size, "train_steps": args.train_steps,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "lambda1_ref": lam1, "lambda2_ref": lam2, "ref_residual": ref.residuals[0].item(),
-        "ref_hvps": ref.num_matvecs, "rel_target": args.rel,
-        "lanczos_hvps_to_rel_median": med("lanczos_hvps_to_rel"),
-        "power_hvps_to_rel_median": med("power_hvps_to_rel"),
-        "runs": runs, "power_alignment_q1_to_10": aligns,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
+        "load_average_1min_at_start": load,
+        **products,
         "grad_ms": t_grad, "hvp_ms": t_hvp,
         "hvp_over_grad": {k: t / t_grad for k, t in t_hvp.items()},
         "operator_product_ms": t_full,

@@ -12,13 +12,15 @@ B-subsets, as the SDE theory assumes), from the generator keyed (seed, step).
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from . import perturbations
-from ._checks import check_choice, check_int, check_nonnegative
+from ._checks import check_int, check_nonnegative
 from .curvature.power import power_iteration, random_unit_vector
 from .dynamics import Dynamics, RunState
 from .problem import Problem, seeded_generator
+from .refresh import RefreshSchedule
 
 __all__ = ["SGD", "SAM", "USAM", "ReverseSAM", "EGR", "EigenSAM", "STREAM_BATCH", "STREAM_NOISE",
            "STREAM_INIT"]
@@ -55,7 +57,7 @@ class SGD(Dynamics):
 
     def _step(self, state):
         batch = step_batches(self.problem, state)
-        state.x -= self.eta * self.problem.gradient(state.x, batch)
+        state.x.add_(self.problem.gradient(state.x, batch), alpha=-self.eta)
 
 
 class _Perturbed(Dynamics):
@@ -75,7 +77,7 @@ class _Perturbed(Dynamics):
         rule = rule or self.rule
         g = self.problem.gradient(state.x, batch)
         eps = rule(g, eigvec)
-        state.x -= self.eta * self.problem.gradient(state.x + self.rho * eps, batch)
+        state.x.add_(self.problem.gradient(torch.add(state.x, eps, alpha=self.rho), batch), alpha=-self.eta)
 
     def _step(self, state):
         self._perturbed_step(state, step_batches(self.problem, state))
@@ -111,7 +113,7 @@ class EGR(_Perturbed):
     def _step(self, state):
         batch = step_batches(self.problem, state)
         tv = self.problem.taylor(state.x, batch, self.rule, self.rho, order=1)
-        state.x -= self.eta * tv.v
+        state.x.add_(tv.v, alpha=-self.eta)
 
 
 class EigenSAM(_Perturbed):
@@ -141,12 +143,11 @@ class EigenSAM(_Perturbed):
                  renormalize: bool = False, steps_per_epoch: int | None = None):
         super().__init__(problem, eta, rho)
         self.rule = perturbations.EigenSAM(alpha, renormalize=renormalize)
-        self.p = check_int("p", p, 1)
         self.q = check_int("q", q, 1)
-        self.p_counting = check_choice("p_counting", p_counting, {"global", "epoch"})
-        self.first_refresh = check_choice("first_refresh", first_refresh, {"start", "after_p"})
         spe = steps_per_epoch if steps_per_epoch is not None else problem.n_train // problem.batch_size
-        self.steps_per_epoch = check_int("steps_per_epoch", spe, 1)
+        self.schedule = RefreshSchedule(p, p_counting, first_refresh, check_int("steps_per_epoch", spe, 1))
+        self.p, self.steps_per_epoch = self.schedule.p, self.schedule.steps_per_epoch
+        self.p_counting, self.first_refresh = p_counting, first_refresh
 
     def config(self):
         return {**super().config(), "p": self.p, "q": self.q, "p_counting": self.p_counting,
@@ -154,12 +155,11 @@ class EigenSAM(_Perturbed):
 
     def counter(self, step: int) -> int:
         """The 1-based counter t₁ of Algorithm 2 at 0-based global step ``step``."""
-        return step % self.steps_per_epoch + 1 if self.p_counting == "epoch" else step + 1
+        return self.schedule.counter(step)
 
     def refreshes_at(self, step: int) -> bool:
         """Whether v̂ is re-estimated at 0-based global step ``step``."""
-        t1 = self.counter(step)
-        return (t1 % self.p == 1 % self.p) if self.first_refresh == "start" else (t1 % self.p == 0)
+        return self.schedule.refreshes_at(step)
 
     def init_state(self, x0=None, seed=0):
         state = super().init_state(x0, seed)

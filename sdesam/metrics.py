@@ -38,8 +38,8 @@ class ClassificationMetrics:
 
     Args:
         problem: a ``ModuleProblem`` with test data.
-        hessian_examples: size of the fixed training subset for λ₁; rounded down to a
-            multiple of the problem's batch size (the HVP averages equal-size chunks).
+        hessian_examples: size of the fixed training subset for λ₁ (one HVP is one pass
+            over the whole subset).
         eig_tol: relative residual tolerance of Lanczos (accuracy of λ₁).
         max_hvps: cap on Lanczos steps.
         seed: seeds the subset and the Lanczos start vector (fixed for the whole run so
@@ -51,25 +51,23 @@ class ClassificationMetrics:
         if problem.test is None:
             raise ValueError("ClassificationMetrics needs a problem with test data")
         self.problem = problem
-        B = problem.batch_size
-        n_h = check_int("hessian_examples", hessian_examples, B)
-        n_h = min(n_h, problem.n_train) // B * B
+        n_h = min(check_int("hessian_examples", hessian_examples, 1), problem.n_train)
         gen = torch.Generator().manual_seed(seed)
-        subset = torch.randperm(problem.n_train, generator=gen)[:n_h]
-        self.hessian_batches = subset.reshape(-1, B).to(problem.device)   # (n_h / B, B)
+        self.hessian_subset = torch.randperm(problem.n_train, generator=gen)[:n_h]
+        self.hessian_problem = problem.subproblem(self.hessian_subset, n_h, name="hessian subset")
+        self._all = torch.arange(n_h, device=problem.device)
         self.eig_tol = check_positive("eig_tol", eig_tol)
         self.max_hvps = check_int("max_hvps", max_hvps, 2)
         self._v0 = torch.randn(problem.dim, generator=gen, dtype=torch.float64).to(problem.device)
 
     def config(self) -> dict:
-        return {"hessian_examples": int(self.hessian_batches.numel()), "eig_tol": self.eig_tol,
+        return {"hessian_examples": int(self.hessian_subset.numel()), "eig_tol": self.eig_tol,
                 "max_hvps": self.max_hvps, "train_examples": self.problem.n_train,
                 "test_examples": int(self.problem.test[0].shape[0])}
 
     def hessian_operator(self, x: Tensor) -> HessianOperator:
         """H of the mean loss over the fixed subset, at x (d,), as a linear operator."""
-        batches = self.hessian_batches
-        return HessianOperator.from_function(lambda v: self.problem.hvp(x, batches, v).mean(0),
+        return HessianOperator.from_function(lambda v: self.hessian_problem.hvp(x, self._all, v.to(x.dtype)),
                                              self.problem.dim, x.dtype, x.device)
 
     def top_eigenvalue(self, x: Tensor):

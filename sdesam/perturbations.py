@@ -10,16 +10,33 @@ implementation (paper Sec. 3.2).
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ._checks import check_nonnegative
-from .curvature.power import unit_vector
 
 __all__ = ["PerturbationRule", "SAM", "USAM", "ReverseSAM", "EigenSAM", "get_rule"]
 
 
+def _inverse_norm(g: Tensor) -> tuple[Tensor, Tensor]:
+    """(‖g‖, 1/‖g‖) along the last dimension, keepdim; 1/‖g‖ stays finite for g = 0."""
+    norm = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+    return norm, 1.0 / norm.clamp_min(torch.finfo(g.dtype).tiny)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """⟨a, b⟩ along the last dimension (broadcasting), keepdim, without an (…, d) temporary."""
+    return torch.einsum("...d,...d->...", a, b).unsqueeze(-1)
+
+
 class PerturbationRule:
-    """Base class. Subclasses implement ``__call__(g, eigvec=None) -> ε``.
+    """Base class. Subclasses implement ``coefficients``.
+
+    Every rule of the family gives ε in the span of g and v̂: ε = a·g + b·v̂, with
+    scalars a, b per leading index. ``coefficients`` returns them and ``__call__`` forms ε;
+    a consumer that must not materialise ε (the training optimizers apply a·g and b·v̂ to
+    each parameter tensor in place) uses the coefficients, so the rule is still defined
+    once.
 
     Attributes:
         name: short identifier used in records and configs.
@@ -29,8 +46,13 @@ class PerturbationRule:
     name: str = "rule"
     needs_eigenvector: bool = False
 
-    def __call__(self, g: Tensor, eigvec: Tensor | None = None) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    def coefficients(self, g: Tensor, eigvec: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(a, b) of shape (..., 1) with ε = a·g + b·v̂; b is None when v̂ is not used."""
+        raise NotImplementedError  # pragma: no cover
+
+    def __call__(self, g: Tensor, eigvec: Tensor | None = None) -> Tensor:
+        a, b = self.coefficients(g, eigvec)
+        return a * g if b is None else a * g + b * eigvec
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -45,8 +67,8 @@ class SAM(PerturbationRule):
 
     name = "sam"
 
-    def __call__(self, g, eigvec=None):
-        return unit_vector(g)
+    def coefficients(self, g, eigvec=None):
+        return _inverse_norm(g)[1], None
 
 
 class USAM(PerturbationRule):
@@ -54,8 +76,8 @@ class USAM(PerturbationRule):
 
     name = "usam"
 
-    def __call__(self, g, eigvec=None):
-        return g
+    def coefficients(self, g, eigvec=None):
+        return torch.ones_like(g[..., :1]), None
 
 
 class ReverseSAM(PerturbationRule):
@@ -63,8 +85,8 @@ class ReverseSAM(PerturbationRule):
 
     name = "reverse_sam"
 
-    def __call__(self, g, eigvec=None):
-        return -unit_vector(g)
+    def coefficients(self, g, eigvec=None):
+        return -_inverse_norm(g)[1], None
 
 
 class EigenSAM(PerturbationRule):
@@ -77,7 +99,10 @@ class EigenSAM(PerturbationRule):
             Eq. 8 does not renormalise, so the default is False.
 
     ``eigvec`` (v̂) is a unit vector of shape (d,) or (..., d) broadcastable against g.
-    sign(0) = 0, so a v̂ orthogonal to g adds nothing.
+    sign(0) = 0, so a v̂ orthogonal to g adds nothing; a zero gradient gives ε = 0.
+
+    In coefficients: with s = sign(⟨g, v̂⟩) and c = ⟨v̂, u⟩, ε = (1 − αsc)/‖g‖ · g + αs · v̂;
+    since u ⊥ v̂⊥, ‖ε‖² = ‖u‖² + (αs)²(‖v̂‖² − c²), which ``renormalize`` divides by.
     """
 
     name = "eigen_sam"
@@ -87,17 +112,23 @@ class EigenSAM(PerturbationRule):
         self.alpha = check_nonnegative("alpha", alpha)
         self.renormalize = bool(renormalize)
 
-    def __call__(self, g, eigvec=None):
+    def coefficients(self, g, eigvec=None):
         if eigvec is None:
             raise ValueError("EigenSAM needs an eigenvector estimate: eigvec=None")
         if eigvec.shape[-1] != g.shape[-1]:
             raise ValueError(
                 f"eigvec has dimension {eigvec.shape[-1]} but the gradient has {g.shape[-1]}")
-        u = unit_vector(g)
-        v_perp = eigvec - (eigvec * u).sum(-1, keepdim=True) * u
-        sign = (g * eigvec).sum(-1, keepdim=True).sign()
-        eps = u + self.alpha * sign * v_perp
-        return unit_vector(eps) if self.renormalize else eps
+        norm, inv = _inverse_norm(g)
+        gv = _dot(g, eigvec)
+        b = self.alpha * gv.sign()                      # α · sign(⟨g, v̂⟩)
+        c = gv * inv                                    # ⟨v̂, u⟩
+        a = (1.0 - b * c) * inv
+        if self.renormalize:
+            u_sq = (norm * inv).square()                # 1, or 0 for g = 0
+            eps_sq = u_sq + b.square() * (_dot(eigvec, eigvec) - c.square()).clamp_min(0.0)
+            scale = torch.where(eps_sq > 0, eps_sq.rsqrt(), torch.zeros_like(eps_sq))
+            a, b = a * scale, b * scale
+        return a, b
 
     def __repr__(self):
         return f"EigenSAM(alpha={self.alpha}, renormalize={self.renormalize})"

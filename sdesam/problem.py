@@ -261,6 +261,7 @@ class ModuleProblem(Problem):
         self.targets = targets.to(device)
         self.test = None if test is None else (self._to_device(test[0]), test[1].to(device))
 
+        self._loss_spec = loss
         if isinstance(loss, str):
             check_choice("loss", loss, {"cross_entropy", "mse"})
             self._loss_fn = {"cross_entropy": nn.functional.cross_entropy,
@@ -275,6 +276,17 @@ class ModuleProblem(Problem):
                              "use oracle='autograd'")
         self.oracle = "jet" if (oracle == "jet" or (oracle == "auto" and jet_ok)) else "autograd"
         self._jet = SequentialJet(model, loss) if self.oracle == "jet" else None
+
+    def subproblem(self, indices: Tensor, batch_size: int | None = None, name: str | None = None) -> "ModuleProblem":
+        """The same model and loss on the training examples ``indices`` only (no test data).
+
+        E.g. the Hessian of the mean loss over a fixed subset S is
+        ``p.subproblem(S, len(S)).hvp(x, torch.arange(len(S)), v)``.
+        """
+        indices = indices.to(self.device)
+        return ModuleProblem(self.model, self._loss_spec, self.inputs[indices], self.targets[indices],
+                             batch_size or self.batch_size, oracle=self.oracle, dtype=self.dtype,
+                             device=self.device, eval_chunk=self.eval_chunk, name=name or f"{self.name}[subset]")
 
     def _to_device(self, t: Tensor) -> Tensor:
         t = t.to(self.device)
@@ -443,5 +455,5 @@ class ModuleProblem(Problem):
                 loss = self._loss_fn(self._forward(params, X), Y) * (X.shape[0] / n)
                 grads = torch.autograd.grad(loss, leaves)
                 grad += torch.cat([g.reshape(-1) for g in grads])
-                total += float(loss)
+                total += float(loss.detach())
         return total, grad

@@ -8,7 +8,7 @@ from torch import nn
 from sdesam.curvature import (HessianOperator, NonDeterministicOperatorError, alignment,
                               check_deterministic, check_symmetric, dense_hessian,
                               flatten_tensors, lanczos, power_iteration, power_method,
-                              unflatten_vector)
+                              unflatten_vector, unit_vector)
 
 DT = torch.float64
 
@@ -117,6 +117,7 @@ def test_flat_helpers_and_from_function():
     fop = HessianOperator.from_function(lambda v: A @ v, 5, DT)
     assert torch.equal(fop @ torch.ones(5, dtype=DT), torch.arange(1.0, 6.0, dtype=DT))
     assert torch.equal(fop.to_dense(), A)
+    assert fop.matvec(torch.ones(5, 0, dtype=DT)).shape == (5, 0)
     assert fop.num_matvecs == 6
     with pytest.raises(ValueError, match="shape"):
         fop @ torch.ones(4, dtype=DT)
@@ -206,3 +207,12 @@ def test_power_iteration_converges_to_top_eigenvector_psd():
         assert torch.allclose(v, alg1.vector, atol=1e-14)
         assert th == pytest.approx(alg1.eigenvalue.item(), rel=1e-14)
     assert torch.equal(short.vector, seen[-1][1])
+
+
+def test_unit_vector_is_unit_for_large_float32():
+    # torch's CPU float32 vector_norm drifts (pytorch#169237): 2M entries are enough
+    v = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))
+    u = unit_vector(v)
+    assert u.dtype == torch.float32
+    assert abs(u.double().norm().item() - 1.0) < 1e-6
+    assert alignment(v, u).item() > 1 - 1e-6

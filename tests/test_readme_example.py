@@ -19,5 +19,5 @@ def test_example_runs(tmp_path, monkeypatch, capsys):
     runpy.run_path(str(ROOT / "examples" / "scripting.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert re.search(r"sam\s+train loss at t = 2.0: \d\.\d{4}", out)
-    assert re.search(r"sam_sde3 train loss at t = 2.0: \d\.\d{4}", out)
+    assert re.search(r"sam_sde3\s+train loss at t = 2.0: \d\.\d{4}", out)
     assert (tmp_path / "runs" / "scripting" / "records.csv").stat().st_size > 0

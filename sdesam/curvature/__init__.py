@@ -14,11 +14,12 @@ from .hutchinson import TraceEstimate, hutchinson_trace
 from .lanczos import LanczosResult, PowerMethodResult, lanczos, power_method
 from .operators import (HessianOperator, LinearOperator, NonDeterministicOperatorError,
                         check_deterministic, check_symmetric, flatten_tensors, unflatten_vector)
-from .power import PowerIterationResult, power_iteration, random_unit_vector, unit_vector
+from .power import (PowerIterationResult, accurate_norm, power_iteration, random_unit_vector,
+                    unit_vector)
 from .slq import SLQResult, random_probe, slq, spectral_density
 
 __all__ = [
-    "PowerIterationResult", "power_iteration", "random_unit_vector", "unit_vector",
+    "PowerIterationResult", "power_iteration", "random_unit_vector", "unit_vector", "accurate_norm",
     "LinearOperator", "HessianOperator", "NonDeterministicOperatorError",
     "check_deterministic", "check_symmetric", "flatten_tensors", "unflatten_vector",
     "LanczosResult", "lanczos", "PowerMethodResult", "power_method",

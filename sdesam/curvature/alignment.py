@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .power import accurate_norm
+
 __all__ = ["alignment"]
 
 
@@ -29,9 +31,8 @@ def alignment(eps: Tensor, v1: Tensor) -> Tensor:
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
     eps, v1 = eps.to(dtype), v1.to(dtype)
-    ne = torch.linalg.vector_norm(eps, dim=-1, keepdim=True)
-    nv = torch.linalg.vector_norm(v1, dim=-1, keepdim=True)
+    ne = accurate_norm(eps, dim=-1, keepdim=True)
+    nv = accurate_norm(v1, dim=-1, keepdim=True)
     e, v = eps / ne, v1 / nv  # NaN for zero vectors, by design
-    dist = torch.minimum(torch.linalg.vector_norm(e - v, dim=-1),
-                         torch.linalg.vector_norm(e + v, dim=-1))
+    dist = torch.minimum(accurate_norm(e - v, dim=-1), accurate_norm(e + v, dim=-1))
     return 1.0 - dist

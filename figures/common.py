@@ -1,0 +1,57 @@
+"""Small helpers shared by the figure and table scripts: environment, atomic files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+
+def environment(device: torch.device | str) -> dict:
+    """Package versions and the device a result was produced on (saved with every result)."""
+    versions = {"python": platform.python_version()}
+    for pkg in ("sdesam", "torch", "torchsde", "numpy", "scipy", "matplotlib"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    device = torch.device(device)
+    info = {"versions": versions, "device": str(device), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "argv": sys.argv}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → CUDA when present, else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    """Write JSON to a temporary file and rename it over ``path`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
+    """Save ``fig`` as PNG (150 dpi) and PDF under ``out_dir``; return the paths."""
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    for p in paths:
+        tmp = p.with_name(p.stem + ".tmp" + p.suffix)
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, p)
+    return paths

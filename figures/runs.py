@@ -1,0 +1,243 @@
+"""Plumbing of the figures that train networks (Figures 1, 3, 5, Tables 3–4, Appendix A).
+
+- ``TrainingSettings``: the training fields every such figure exposes, turned into a
+  ``sdesam.training.TrainConfig`` by the Table 1 preset (``presets.table1``) plus the
+  figure's values — the figures train with the project's one trainer, never a loop of
+  their own;
+- ``add_config_arguments`` / ``config_from_args``: every field of a figure's dataclass
+  configuration is a command-line flag;
+- ``prepare_output``: one output directory holds the results of one configuration
+  (``config.json``); a different configuration is refused, the same one resumes;
+- ``run_or_collect``: train a run in its own directory, resume it after an interruption,
+  or collect it when it has finished (after checking that it ran this configuration);
+- ``t_band``: mean and Student-t 95% half-width; ``write_csv``: tidy CSV, atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdesam.data import DatasetNotFoundError, load_dataset
+from sdesam.training import RESUME_MUTABLE_FIELDS, TrainConfig, table1, train
+from sdesam.training.files import FINAL_FILE, METRICS_FILE, STEPS_FILE, read_json, read_jsonl
+
+from .common import write_json_atomic
+from .table1 import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS, t_interval
+
+__all__ = ["TrainingSettings", "Run", "run_or_collect", "prepare_output", "add_config_arguments",
+           "config_from_args", "t_band", "write_csv", "resolve_dataset", "dataset_label",
+           "model_label", "method_label", "RUN_FIELDS"]
+
+#: TrainConfig fields that say how a run ran, not what it computed (ignored when a
+#: finished run is matched against its configuration)
+RUN_FIELDS = RESUME_MUTABLE_FIELDS + ("device",)
+
+
+def dataset_label(name: str) -> str:
+    return {"mnist": "MNIST", **DATASET_LABELS}.get(name, name)
+
+
+def model_label(name: str) -> str:
+    return {"simple_cnn": "SimpleCNN", "mlp": "MLP", **MODEL_LABELS}.get(name, name)
+
+
+def method_label(name: str) -> str:
+    return METHOD_LABELS.get(name, name)
+
+
+def resolve_dataset(name: str, preferred: str, fallback: str, data_dir=None) -> str:
+    """``name`` unless it is ``"auto"``: then ``preferred`` when its files load here, else
+    ``fallback`` (e.g. CIFAR-10 when present, otherwise Fashion-MNIST)."""
+    if name != "auto":
+        return name
+    try:
+        load_dataset(preferred, data_dir, download=False)
+    except DatasetNotFoundError:
+        return fallback
+    return preferred
+
+
+@dataclass
+class TrainingSettings:
+    """Training fields shared by the figures; everything else is Table 1's preset
+    (batch 256, SGD momentum 0.9, per-step cosine, weight decay 5e-5, pad-4 crop + flip,
+    ρ by dataset, α = 0.2, p = 100, q = 5; DESIGN §5). A figure's configuration adds its
+    dataset(s) and model(s).
+
+    Attributes:
+        model_kwargs: passed to ``build_model`` (e.g. ``{"width": 8}``).
+        seeds: runs per cell use seeds 0 … seeds−1 (initialisation, shuffling, v̂₀).
+        epochs: training length of every run (None: the preset's, 200; SGD 400).
+        batch_size: minibatch size B.
+        train_subset, test_subset: fixed subsets (subset seed 0) or None for all.
+        lr, rho: base learning rate and SAM radius (None: the preset's for the dataset).
+        overrides: any further ``TrainConfig`` fields (``--set KEY=VALUE``).
+    """
+
+    model_kwargs: dict = field(default_factory=dict)
+    seeds: int = 1
+    epochs: int | None = None
+    batch_size: int = 256
+    train_subset: int | None = None
+    test_subset: int | None = None
+    lr: float | None = None
+    rho: float | None = None
+    overrides: dict = field(default_factory=dict)
+
+    def train_config(self, dataset: str, model: str, method: str, seed: int, out_dir: Path,
+                     **changes) -> TrainConfig:
+        """The ``TrainConfig`` of one run (resume on, out_dir set); ``changes`` win."""
+        settings = dict(model_kwargs=dict(self.model_kwargs), batch_size=self.batch_size,
+                        train_subset=self.train_subset, test_subset=self.test_subset)
+        for name in ("epochs", "lr", "rho"):
+            if getattr(self, name) is not None:
+                settings[name] = getattr(self, name)
+        settings.update(self.overrides)
+        settings.update(changes)
+        settings.update(out_dir=os.fspath(out_dir), resume=True)
+        return table1(dataset, model, method, seed, **settings)
+
+
+@dataclass
+class Run:
+    """A finished training run as its files hold it."""
+
+    name: str
+    config: TrainConfig
+    final: dict
+    history: list
+    steps: list
+
+
+def run_or_collect(name: str, config: TrainConfig, callbacks=()) -> Run:
+    """Train ``config`` (resuming its directory if interrupted) unless it has finished;
+    then read its files. A finished run must have been produced by ``config`` (up to
+    ``RUN_FIELDS``) — otherwise ``ValueError`` names the fields that differ."""
+    out = Path(config.out_dir)
+    if not (out / FINAL_FILE).exists():
+        train(config.replace(resume=True), callbacks)
+    final = read_json(out / FINAL_FILE)
+    diffs = TrainConfig.from_dict(final["config"]).differences(config, ignore=RUN_FIELDS)
+    if diffs:
+        raise ValueError(f"{out} holds a run of another configuration: {diffs} "
+                         "(its value, this figure's value); use another --out")
+    steps = read_jsonl(out / STEPS_FILE) if (out / STEPS_FILE).exists() else []
+    return Run(name, config, final, read_jsonl(out / METRICS_FILE), steps)
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj))
+
+
+def prepare_output(out: Path, cfg) -> None:
+    """Create ``out`` and record ``cfg`` there; refuse a directory that holds results of
+    another configuration (``SystemExit`` naming the differences)."""
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    now = _jsonable(dataclasses.asdict(cfg))
+    if saved.exists():
+        prev = json.loads(saved.read_text())
+        if prev != now:
+            diff = {k: (prev.get(k), now.get(k)) for k in sorted(set(prev) | set(now))
+                    if prev.get(k) != now.get(k)}
+            raise SystemExit(f"{out} holds results of another configuration {diff} (saved, "
+                             "requested); use another --out (or delete that directory)")
+    write_json_atomic(now, saved)
+
+
+# -- command line -------------------------------------------------------------------------
+_SCALARS = {"int": int, "float": float, "str": str}
+
+
+def _optional(parse):
+    def convert(text: str):
+        return None if text.lower() == "none" else parse(text)
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def _json_dict(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _setting(text: str):
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls, defaults) -> None:
+    """One flag per dataclass field (``--field-name``); help shows the quick default.
+    Tuples take several values, dicts a JSON object, optional numbers accept ``none``;
+    ``overrides`` is ``--set KEY=VALUE`` (repeatable, JSON values)."""
+    unset = argparse.SUPPRESS          # an absent flag leaves no attribute (``none`` is a value)
+    for f in dataclasses.fields(config_cls):
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        if f.name == "overrides":
+            parser.add_argument("--set", dest="overrides", action="append", type=_setting, default=unset,
+                                metavar="KEY=VALUE", help="TrainConfig field for every run (repeatable)")
+        elif kind.startswith("bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=unset,
+                                help=f"default {default}")
+        elif kind.startswith("tuple"):
+            elem = type(default[0]) if default else str
+            parser.add_argument(flag, nargs="+", type=elem, default=unset, help=f"default {' '.join(map(str, default))}")
+        elif kind.startswith("dict"):
+            parser.add_argument(flag, type=_json_dict, default=unset, help=f"JSON object, default {json.dumps(default)}")
+        else:
+            base = _SCALARS[kind.split("|")[0].strip()]
+            parse = _optional(base) if "None" in kind else base
+            parser.add_argument(flag, type=parse, default=unset, help=f"default {default}")
+
+
+def config_from_args(args: argparse.Namespace, config):
+    """``config`` with every flag that was given applied (validated by the dataclass)."""
+    changes = {}
+    for f in dataclasses.fields(config):
+        if not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        if f.name == "overrides":
+            value = {**config.overrides, **dict(value)}
+        elif isinstance(getattr(config, f.name), tuple):
+            value = tuple(value)
+        changes[f.name] = value
+    return dataclasses.replace(config, **changes)
+
+
+# -- statistics and files --------------------------------------------------------------
+def t_band(values, level: float = 0.95) -> tuple[float, float]:
+    """(mean, Student-t half-width t_{(1+level)/2, n−1} · s/√n); NaN half-width for n < 2."""
+    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not values:
+        return math.nan, math.nan
+    mean, half = t_interval(values, level)
+    return mean, math.nan if half is None else half
+
+
+def write_csv(path: Path, fieldnames, rows) -> None:
+    """A tidy CSV (one observation per row), written to a temporary file and renamed."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n", extrasaction="raise")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)

@@ -1,0 +1,22 @@
+"""Training optimizers of the SAM family, ``torch.optim`` style (DESIGN §3.3).
+
+- ``SAM`` — SAM (Eq. 1), and through ``rule=``: USAM, Reverse-SAM (Appendix A);
+- ``EigenSAM`` — Eigen-SAM (Eq. 7–8, Algorithms 1–2) with switches for the official
+  code's differences;
+- ``EGR`` — explicit gradient regularisation, ∇[f + ρ‖∇f‖] (Appendix A);
+- ``frozen_running_stats``, ``eval_mode`` — module-mode helpers for the extra passes.
+
+All wrap a base optimizer (SGD with momentum 0.9 by default), share its param groups
+(LR schedulers work), save its state in ``state_dict()``, and take a closure that
+*returns* the minibatch loss (no backward). They share the perturbation rules
+(``sdesam.perturbations``), the power iteration (``sdesam.curvature.power``) and the
+refresh schedule (``sdesam.refresh``) with the simulation core.
+"""
+from .base import Closure, WrappedOptimizer
+from .egr import EGR
+from .eigen_sam import HVP_MODES, EigenSAM
+from .norm_stats import eval_mode, frozen_running_stats
+from .sam import SAM
+
+__all__ = ["SAM", "EigenSAM", "EGR", "HVP_MODES", "WrappedOptimizer", "Closure",
+           "frozen_running_stats", "eval_mode"]

@@ -1,0 +1,204 @@
+"""``EigenSAM``: SAM with the top-Hessian-eigenvector term (paper Sec. 5, Eq. 7–8, Alg. 1–2).
+
+    every p steps (``RefreshSchedule``): v̂ ← Algorithm 1 — q power iterations
+        v̂ ← H_γ v̂ / ‖H_γ v̂‖ on the current minibatch, warm-started from the previous v̂
+    g = ∇f_γ(x),  u = g/‖g‖,  v̂⊥ = v̂ − ⟨v̂, u⟩u                                (Eq. 7)
+    ε = u + α · sign(⟨g, v̂⟩) · v̂⊥          (Eq. 8; not renormalised unless asked)
+    x ← base_step(x, ∇f_γ(x + ρ ε))
+
+The rule is ``sdesam.perturbations.EigenSAM`` and Algorithm 1 is
+``sdesam.curvature.power.power_iteration``, exactly what the simulation core's discrete
+``sdesam.integrators.EigenSAM`` uses; the refresh schedule is the shared
+``sdesam.refresh.RefreshSchedule``, so ``p_counting`` and ``first_refresh`` mean the
+same in both. The first v̂ is a random unit vector drawn from ``seed``.
+
+Switches for each documented difference from the official code (RitianLuo/EigenSAM):
+
+- ``p_counting="epoch"`` (+ ``steps_per_epoch``): count p within each epoch;
+- ``first_refresh="after_p"``: refresh at t₁ mod p = 0, and perturb with ε = g
+  (unnormalised, USAM) until the first estimate exists;
+- ``hvp_mode="eval"``: Hessian-vector products with the model in eval mode
+  (BatchNorm running statistics, no dropout) instead of the training-mode loss;
+- ``renormalize=True``: use ε/‖ε‖ (the official code passes ε through a SAM step that
+  normalises it). Its weight decay, 5e-4, is a base-optimizer argument.
+
+Cost. Outside refresh steps a step costs what SAM's does (two gradients). At a refresh
+step with ``hvp_mode="train"`` the clean pass builds the double-backward graph once
+and the q products reuse it (no extra forward pass); with ``"eval"`` one extra
+eval-mode forward pass is needed. BatchNorm running statistics are updated by the clean
+pass only — never by the perturbed pass or the Hessian-vector products.
+
+Under DDP with ``sync_perturbation=True`` the products are averaged over processes
+(the Hessian of the combined minibatch); with ``False`` each process keeps its own v̂.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from .. import perturbations
+from .._checks import check_choice, check_int
+from ..curvature.power import power_iteration, random_unit_vector
+from ..refresh import RefreshSchedule
+from .base import Closure
+from .norm_stats import eval_mode, frozen_running_stats
+from .sam import SAM
+
+__all__ = ["EigenSAM", "HVP_MODES"]
+
+#: ``"train"``: products of the training-mode loss (paper); ``"eval"``: eval mode (official code).
+HVP_MODES = ("train", "eval")
+
+
+class EigenSAM(SAM):
+    """Eigen-SAM wrapping a base optimizer.
+
+    Args:
+        params, base_optimizer, rho, model, sync_perturbation, **base_kwargs: as ``SAM``.
+        alpha: alignment strength α ≥ 0 (paper 0.2; α = 0 is SAM).
+        p: refresh interval in steps (paper 100).
+        q: power iterations per refresh (paper 5).
+        p_counting, first_refresh, steps_per_epoch: see ``sdesam.refresh.RefreshSchedule``.
+        hvp_mode: one of ``HVP_MODES`` (``"eval"`` needs ``model``).
+        renormalize: use ε/‖ε‖ instead of Eq. 8's ε.
+        seed: seed of the random first v̂ (CPU generator, so it is device-independent).
+
+    Attributes:
+        eigenvector: the current estimate v̂, flat (d,), unit norm.
+        eigenvalue: Rayleigh quotient ⟨v, Hv⟩ of the last refresh's final product (float),
+            None before the first refresh.
+        has_estimate: whether a refresh has happened.
+    """
+
+    kind = "eigen_sam"
+    estimates_eigenvector = True
+
+    def __init__(self, params, base_optimizer=None, *, rho: float = 0.05, alpha: float = 0.2,
+                 p: int = 100, q: int = 5, p_counting: str = "global", first_refresh: str = "start",
+                 steps_per_epoch: int | None = None, hvp_mode: str = "train",
+                 renormalize: bool = False, seed: int = 0, model=None, sync_perturbation: bool = True,
+                 **base_kwargs):
+        super().__init__(params, base_optimizer, rho=rho,
+                         rule=perturbations.EigenSAM(alpha, renormalize=renormalize),
+                         model=model, sync_perturbation=sync_perturbation, **base_kwargs)
+        self.schedule = RefreshSchedule(p, p_counting, first_refresh, steps_per_epoch)
+        self.q = check_int("q", q, 1)
+        self.hvp_mode = check_choice("hvp_mode", hvp_mode, HVP_MODES)
+        if self.hvp_mode == "eval" and model is None:
+            raise ValueError("hvp_mode='eval' needs the model: pass model=...")
+        generator = torch.Generator().manual_seed(check_int("seed", seed, 0))
+        self.eigenvector = random_unit_vector((self.dim,), generator=generator, dtype=self.flat_dtype).to(
+            self._params()[0].device)
+        self.eigenvalue: float | None = None
+        self.has_estimate = False
+        self._estimated_at: int | None = None    # the step whose refresh has been done
+
+    def add_param_group(self, param_group: dict) -> None:
+        if hasattr(self, "eigenvector"):
+            raise ValueError("EigenSAM's eigenvector estimate spans all parameters: give every "
+                             "param group to the constructor instead of add_param_group()")
+        super().add_param_group(param_group)
+
+    # -- Algorithm 1 ----------------------------------------------------------------------
+    @property
+    def refresh_due(self) -> bool:
+        """Whether the coming step (``self.steps``) re-estimates v̂ and has not yet done so."""
+        return self.schedule.refreshes_at(self.steps) and self._estimated_at != self.steps
+
+    def _estimate(self, grads) -> None:
+        result = power_iteration(self._hvp_function(grads, self.sync_perturbation), self.eigenvector, self.q)
+        self.eigenvector = result.vector.detach()
+        self.eigenvalue = float(result.eigenvalue)
+        self.has_estimate = True
+        self._estimated_at = self.steps
+
+    def _hvp_context(self):
+        if self.hvp_mode == "eval":
+            return eval_mode(self.model)
+        if self.model is not None:
+            return frozen_running_stats(self.model)
+        return contextlib.nullcontext()
+
+    def update_eigenvector(self, closure: Closure) -> float:
+        """Run Algorithm 1 on the closure's loss at the current parameters.
+
+        Uses q Hessian-vector products, warm-started from the current v̂; BatchNorm running
+        statistics are not updated. Existing ``.grad`` are left as they were. In the
+        explicit-step API call it at every step where ``refresh_due`` is True, before
+        ``first_step()``. Returns the Rayleigh quotient (an estimate of λ₁).
+        """
+        if self._backup is not None:
+            raise RuntimeError("update_eigenvector() between first_step() and second_step()")
+        params = self._params()
+        saved = [p.grad for p in params]
+        try:
+            with self._hvp_context():
+                _, grads = self._gradient_graph(closure)
+                self._estimate(grads)
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
+        return self.eigenvalue
+
+    def _clean_pass_with_estimate(self, closure: Closure) -> Tensor:
+        """Training-mode refresh sharing the clean pass: one forward, the gradient with its
+        graph, q products on that graph, then the gradient into ``.grad``."""
+        loss, grads = self._gradient_graph(closure)
+        self._estimate(grads)
+        g = self._flatten([None if t is None else t.detach() for t in grads])
+        self._set_grads(self._perturbation_mean_(g))
+        return loss
+
+    # -- Eq. 7-8 ----------------------------------------------------------------------------
+    def _coefficients(self, g: Tensor):
+        """Eq. 8 with the current v̂; ε = g (USAM) before the first estimate
+        (``first_refresh="after_p"``)."""
+        if not self.has_estimate:
+            return perturbations.USAM().coefficients(g) + (None,)
+        a, b = self.rule.coefficients(g, self.eigenvector)
+        return a, b, self.eigenvector
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        if self.refresh_due:
+            raise RuntimeError(f"step {self.steps} re-estimates the eigenvector: call "
+                               "update_eigenvector(closure) before first_step()")
+        super().first_step(zero_grad)
+
+    def step(self, closure: Closure) -> Tensor:
+        """One full Eigen-SAM step (Algorithm 2); ``closure()`` returns the minibatch loss
+        (no backward). Returns the clean loss f_γ(x) (detached)."""
+        if closure is None:
+            raise ValueError("EigenSAM.step needs a closure that returns the minibatch loss, or "
+                             "use update_eigenvector()/first_step()/second_step()")
+        if self.refresh_due and self.hvp_mode == "train":
+            loss = self._clean_pass_with_estimate(closure)
+        else:
+            if self.refresh_due:
+                self.update_eigenvector(closure)
+            loss = self._clean_pass(closure)
+        self.first_step(zero_grad=True)
+        self._perturbed_pass(closure)
+        self.second_step()
+        return loss.detach()
+
+    # -- state -------------------------------------------------------------------------------
+    def _extra_state(self) -> dict:
+        return {**super()._extra_state(), "eigenvector": self.eigenvector.clone(),
+                "eigenvalue": self.eigenvalue, "has_estimate": self.has_estimate,
+                "estimated_at": self._estimated_at, "q": self.q, "hvp_mode": self.hvp_mode,
+                "p": self.schedule.p, "p_counting": self.schedule.p_counting,
+                "first_refresh": self.schedule.first_refresh}
+
+    def _load_extra_state(self, state: dict) -> None:
+        super()._load_extra_state(state)
+        v = state["eigenvector"]
+        if tuple(v.shape) != (self.dim,):
+            raise ValueError(f"state_dict's eigenvector has shape {tuple(v.shape)}, this optimizer "
+                             f"has d={self.dim} parameters")
+        self.eigenvector = v.detach().to(self.eigenvector.device, self.eigenvector.dtype).clone()
+        self.eigenvalue = state["eigenvalue"]
+        self.has_estimate = bool(state["has_estimate"])
+        self._estimated_at = state["estimated_at"]

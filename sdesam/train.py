@@ -1,0 +1,129 @@
+"""Train an image classifier with SGD, SAM, USAM, Reverse-SAM, EGR or Eigen-SAM.
+
+    python -m sdesam.train --preset table1 --dataset cifar10 --model resnet18 --method eigen_sam --seed 0
+    sdesam train --preset table1_quick --method sam --seed 1
+    sdesam train --dataset fashion_mnist --model resnet18 --model-kwarg width=8 --method sgd \\
+        --epochs 3 --train-subset 2000 --out-dir runs/try
+    torchrun --nproc_per_node=8 -m sdesam.train --preset table2 --dataset cifar100 \\
+        --method sam --weights-path ~/vit_b_16-c867db91.pth
+
+Without ``--preset`` the defaults are ``TrainConfig``'s (Table 1's SAM settings). Every
+``TrainConfig`` field is an option (``--field-name VALUE``; booleans ``--flag`` /
+``--no-flag``; ``none`` for an optional number); ``--model-kwarg KEY=VALUE`` (repeatable,
+VALUE parsed as JSON when possible) fills ``model_kwargs``. ``--resume`` continues the run
+in ``--out-dir``; ``--print-config`` prints the resolved configuration and exits. The
+final metrics are printed as one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+
+from .training import PRESETS, TrainConfig, train
+from .training.presets import table1_quick, table2
+
+__all__ = ["main", "add_arguments", "config_from_args", "TrainConfig", "train"]
+
+_PRESET_ARGS = ("dataset", "model", "method", "seed")
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+    parse.__name__ = f"{kind.__name__} or none"
+    return parse
+
+
+def _model_kwarg(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the trainer's options (one per ``TrainConfig`` field) to ``parser``."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS,
+                        help="start from the paper's settings (table1, table2) or the quick grid cell")
+    parser.add_argument("--weights-path", default=argparse.SUPPRESS,
+                        help="table2: local torchvision ViT-B/16 ImageNet-1k checkpoint")
+    parser.add_argument("--model-kwarg", action="append", type=_model_kwarg, default=argparse.SUPPRESS,
+                        metavar="KEY=VALUE", help="a model_kwargs entry (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the configuration and exit")
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model_kwargs":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        default = getattr(defaults, f.name)
+        help_text = f"(default: {default})"
+        if hint in (bool, bool | None):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+            continue
+        args = typing.get_args(hint)
+        kind = args[0] if args else hint
+        parse = _optional(kind) if type(None) in args else kind
+        parser.add_argument(flag, type=parse, default=argparse.SUPPRESS, help=help_text)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` the parsed options describe."""
+    given = {k: v for k, v in vars(args).items() if k not in ("preset", "print_config", "model_kwarg",
+                                                                "weights_path", "command")}
+    if hasattr(args, "model_kwarg"):
+        given["model_kwargs"] = dict(args.model_kwarg)
+    preset = getattr(args, "preset", None)
+    if preset is None:
+        if hasattr(args, "weights_path"):
+            given.setdefault("model_kwargs", {})["weights_path"] = args.weights_path
+        return TrainConfig(**given)
+    if preset == "table1_quick":
+        if "method" not in given:
+            raise ValueError("--preset table1_quick needs --method")
+        return table1_quick(given.pop("method"), given.pop("seed", 0), **given)
+    if preset == "table2":
+        missing = [k for k in ("dataset", "method") if k not in given]
+        if missing:
+            raise ValueError(f"--preset table2 needs --{' --'.join(missing)}")
+        return table2(given.pop("dataset"), given.pop("method"), given.pop("seed", 0),
+                      weights_path=getattr(args, "weights_path", None), **given)
+    missing = [k for k in ("dataset", "model", "method") if k not in given]
+    if missing:
+        raise ValueError(f"--preset table1 needs --{' --'.join(missing)}")
+    return PRESETS[preset](given.pop("dataset"), given.pop("model"), given.pop("method"),
+                           given.pop("seed", 0), **given)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        return 0
+    result = train(config)
+    summary = {k: v for k, v in result.final.items() if k != "config"}
+    print(json.dumps({"out_dir": str(result.out_dir), **summary}, sort_keys=True))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="sdesam train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except ValueError as err:
+        parser.exit(2, f"sdesam train: error: {err}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""``TrainConfig``: every setting of one training run, validated, JSON round-trippable.
+
+A run is fully described by its ``TrainConfig`` (saved as ``config.json`` next to the
+results): the data, the model, the method and its hyperparameters, the schedule, the
+seed, and how it runs (device, precision, output directory).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .._checks import check_choice, check_int, check_nonnegative, check_positive
+from ..data import DATASET_NAMES
+from ..models import MODEL_NAMES
+from ..optim import HVP_MODES
+from ..refresh import FIRST_REFRESHES, P_COUNTINGS
+
+__all__ = ["TrainConfig", "METHODS", "SCHEDULES", "NORMALIZATIONS", "AMP_MODES",
+           "RESUME_MUTABLE_FIELDS"]
+
+#: training methods: plain SGD, the SAM family (Eq. 1, Appendix A) and Eigen-SAM (Eq. 8).
+METHODS = ("sgd", "sam", "usam", "reverse_sam", "egr", "eigen_sam")
+#: learning-rate schedules: cosine from ``lr`` to 0 over all steps, or constant.
+SCHEDULES = ("cosine", "constant")
+#: input normalisation: the training split's per-channel mean/std, or ImageNet's (for
+#: pretrained weights, Table 2).
+NORMALIZATIONS = ("dataset", "imagenet")
+#: mixed precision: ``"auto"`` = bf16 autocast on CUDA, none on CPU.
+AMP_MODES = ("auto", "bf16", "none")
+#: fields that may differ between a checkpoint and the configuration resuming it: they do
+#: not change what is computed (a different thread count can change float summation
+#: order, so bit-identical resumes need the same ``threads``).
+RESUME_MUTABLE_FIELDS = ("data_dir", "out_dir", "progress", "log_every", "resume", "threads")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the paper's Table 1 settings (DESIGN §5) for SAM.
+
+    Data:
+        dataset: one of ``sdesam.data.DATASET_NAMES``.
+        data_dir: data directory (default ``$SDESAM_DATA`` or ``~/.cache/sdesam``).
+        train_subset, test_subset: use only this many examples (uniform without
+            replacement, drawn with ``subset_seed``); None = all.
+        subset_seed: seed of the subsets (kept fixed across ``seed``s so that seeds vary
+            initialisation and shuffling only).
+        augment: the paper's pad-4 random crop + horizontal flip on training batches.
+        normalization: one of ``NORMALIZATIONS``.
+        input_size: resize (bilinear) batches to input_size² pixels on the device, e.g.
+            224 for ViT-B/16; None keeps the dataset's size.
+    Model:
+        model: one of ``sdesam.models.MODEL_NAMES``.
+        model_kwargs: passed to ``build_model`` (e.g. ``{"width": 16}``,
+            ``{"weights_path": ".../vit_b_16-c867db91.pth"}``).
+    Optimisation:
+        method: one of ``METHODS``.
+        epochs / steps: length of the run; give exactly one. With ``steps`` the last
+            epoch may be partial.
+        batch_size: the global minibatch size B (split evenly over DDP processes).
+        lr, momentum, nesterov, weight_decay: the SGD base optimizer.
+        schedule: one of ``SCHEDULES`` (cosine is applied per step).
+        rho: SAM radius ρ (also EGR's coefficient; unused by SGD).
+        alpha, p, q, p_counting, first_refresh, hvp_mode, renormalize: Eigen-SAM
+            (see ``sdesam.optim.EigenSAM``); unused by other methods.
+        sync_perturbation: under DDP, perturb with the globally averaged gradient (True)
+            or per process (False, m-sharpness).
+        drop_last: drop the last incomplete training batch of each epoch (required with
+            more than one process).
+    Reproducibility and running:
+        seed: initialisation, shuffling/augmentation and Eigen-SAM's first v̂.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …
+        amp: one of ``AMP_MODES``. channels_last: None = on for CUDA and image models.
+        threads: CPU threads (``torch.set_num_threads``); None = torch's default.
+        eval_batch_size: batch size of the test evaluation.
+        out_dir: run directory (config.json, metrics.jsonl, checkpoint.pt, final.json).
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists.
+        checkpoint: write ``checkpoint.pt`` after every epoch.
+        progress: show a progress bar (rank 0 only). log_every: steps between loss
+            checks (NaN/Inf) and progress-bar updates.
+    """
+
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    subset_seed: int = 0
+    augment: bool = True
+    normalization: str = "dataset"
+    input_size: int | None = None
+    model: str = "resnet18"
+    model_kwargs: dict = field(default_factory=dict)
+    method: str = "sam"
+    epochs: int | None = 200
+    steps: int | None = None
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-5
+    schedule: str = "cosine"
+    rho: float = 0.05
+    alpha: float = 0.2
+    p: int = 100
+    q: int = 5
+    p_counting: str = "global"
+    first_refresh: str = "start"
+    hvp_mode: str = "train"
+    renormalize: bool = False
+    sync_perturbation: bool = True
+    drop_last: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool | None = None
+    threads: int | None = None
+    eval_batch_size: int = 1000
+    out_dir: str = "runs/train"
+    resume: bool = False
+    checkpoint: bool = True
+    progress: bool = True
+    log_every: int = 20
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``ValueError`` naming the first bad field; return self."""
+        check_choice("dataset", self.dataset, DATASET_NAMES)
+        check_choice("model", self.model, MODEL_NAMES)
+        check_choice("method", self.method, METHODS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
+        check_choice("amp", self.amp, AMP_MODES)
+        check_choice("p_counting", self.p_counting, P_COUNTINGS)
+        check_choice("first_refresh", self.first_refresh, FIRST_REFRESHES)
+        check_choice("hvp_mode", self.hvp_mode, HVP_MODES)
+        if not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"model_kwargs must be a dict, got model_kwargs={self.model_kwargs!r}")
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give exactly one of epochs and steps, got "
+                             f"epochs={self.epochs!r}, steps={self.steps!r}")
+        for name in ("epochs", "steps", "train_subset", "test_subset", "input_size", "threads"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 1)
+        for name in ("batch_size", "eval_batch_size", "p", "q", "log_every"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("subset_seed", "seed"):
+            check_int(name, getattr(self, name), 0)
+        check_positive("lr", self.lr)
+        for name in ("momentum", "weight_decay", "rho", "alpha"):
+            check_nonnegative(name, getattr(self, name))
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be < 1, got momentum={self.momentum!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"device must be a string like 'cpu' or 'cuda', got device={self.device!r}")
+        if not self.out_dir:
+            raise ValueError("out_dir must be a directory path, got out_dir=''")
+        return self
+
+    # -- serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Build from ``to_dict()`` output; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {unknown}")
+        return cls(**data)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def differences(self, other: "TrainConfig", ignore=RESUME_MUTABLE_FIELDS) -> dict:
+        """``{field: (self's, other's)}`` for fields that differ, except ``ignore``."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the run, given the loader's steps per epoch."""
+        return self.steps if self.steps is not None else self.epochs * steps_per_epoch
+
+    def run_name(self) -> str:
+        """``{dataset}-{model}-{method}-s{seed}``, the default directory name of a grid cell."""
+        return f"{self.dataset}-{self.model}-{self.method}-s{self.seed}"
