@@ -69,21 +69,28 @@ def _leaf(x: Tensor) -> Tensor:
     return x.detach().clone().requires_grad_(True)
 
 
+def _grad(out: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
+    """∇_x of a scalar; zero when ``out`` does not depend on x (e.g. the Hessian-vector
+    product of a quadratic, or the gradient of a linear loss, is constant)."""
+    if not out.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(out, x, create_graph=create_graph, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
 def autograd_gradient(loss_fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """∇ of ``loss_fn`` for every leading index of x (*S, d) → (*S, d)."""
     with torch.enable_grad():
         x = _leaf(x)
-        (g,) = torch.autograd.grad(loss_fn(x).sum(), x)
-    return g
+        return _grad(loss_fn(x).sum(), x)
 
 
 def autograd_hvp(loss_fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
     """∇²f(x) v per leading index, by double backward; x and v of shape (*S, d)."""
     with torch.enable_grad():
         x = _leaf(x)
-        (g,) = torch.autograd.grad(loss_fn(x).sum(), x, create_graph=True)
-        (hv,) = torch.autograd.grad((g * v.detach()).sum(), x)
-    return hv
+        g = _grad(loss_fn(x).sum(), x, create_graph=True)
+        return _grad((g * v.detach()).sum(), x)
 
 
 def autograd_taylor(loss_fn: Callable[[Tensor], Tensor], x: Tensor, rule: PerturbationRule,
@@ -98,17 +105,17 @@ def autograd_taylor(loss_fn: Callable[[Tensor], Tensor], x: Tensor, rule: Pertur
     rho = check_nonnegative("rho", rho)
     with torch.enable_grad():
         x = _leaf(x)
-        (g,) = torch.autograd.grad(loss_fn(x).sum(), x, create_graph=order > 0)
+        g = _grad(loss_fn(x).sum(), x, create_graph=order > 0)
         eps = rule(g.detach(), eigvec)
         gd = g.detach()
         if order == 0:
             return TaylorVectors(v=gd, g=gd, eps=eps, order=0, rho=rho)
-        (h,) = torch.autograd.grad((g * eps).sum(), x, create_graph=order > 1)
+        h = _grad((g * eps).sum(), x, create_graph=order > 1)
         if order == 1:
             h = h.detach()
             return TaylorVectors(v=gd + rho * h, g=gd, eps=eps, order=1, rho=rho,
                                  h=h if components else None)
-        (t,) = torch.autograd.grad((h * eps).sum(), x)
+        t = _grad((h * eps).sum(), x)
         h = h.detach()
     v = gd + rho * h + (0.5 * rho * rho) * t
     return TaylorVectors(v=v, g=gd, eps=eps, order=2, rho=rho,

@@ -130,3 +130,21 @@ def test_unsupported_models_fall_back_to_autograd():
     assert p.oracle == "autograd"
     with pytest.raises(ValueError, match="oracle='jet'"):
         ModuleProblem(model, "cross_entropy", X, Y, 2, oracle="jet")
+
+
+@pytest.mark.parametrize("power", [1, 2])
+def test_polynomial_losses_with_vanishing_derivatives(power):
+    """Linear (H = 0) and quadratic (∇³f = 0) losses: the vanishing terms are zeros."""
+    from sdesam.problem import FunctionProblem
+    A = torch.tensor([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]], dtype=DTYPE)
+    p = FunctionProblem(lambda x, a: (a * x[..., None, :]).sum(-1) ** power, (A,), 2,
+                        torch.tensor([0.3, -0.7], dtype=DTYPE))
+    idx = torch.tensor([0, 2])
+    tv = p.taylor(p.x0, idx, "sam", 0.5, order=2, components=True)
+    a = A[idx]
+    r = a @ p.x0
+    g = (power * r[:, None] ** (power - 1) * a).mean(0)
+    H = (power * (power - 1) * a[:, :, None] * a[:, None, :]).mean(0)
+    assert torch.allclose(tv.g, g) and torch.allclose(tv.h, H @ tv.eps)
+    assert torch.equal(tv.t, torch.zeros(2, dtype=DTYPE))
+    assert torch.allclose(p.hvp(p.x0, idx, torch.ones(2, dtype=DTYPE)), H @ torch.ones(2, dtype=DTYPE))
