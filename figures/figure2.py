@@ -14,7 +14,7 @@ Choices the paper leaves open (and why):
   sets the Monte Carlo error of the drift, whose variance the drift-noise
   correction removes from the diffusion (DESIGN §3.2);
 * one Euler sub-step per η (m = 1) in the quick run, m = 2 in the full run;
-* the horizon: quick 300 steps (t = 3), full 3000 steps (t = 30);
+* the horizon: quick 500 steps (t = 5, about one epoch), full 3000 steps (t = 30);
 * inputs scaled to [0, 1] and standardised with MNIST's training mean/std.
 
 Outputs in ``--out`` (default ``runs/figure2``): ``figure2.png``/``.pdf``, ``records.csv``
@@ -54,8 +54,8 @@ class Config:
     eta: float = 0.01
     rho: float = 0.2
     seeds: int = 3
-    steps: int = 300
-    record_every: int = 30
+    steps: int = 500
+    record_every: int = 50
     batch_size: int = 128
     n_batches: int = 8
     substeps: int = 1
