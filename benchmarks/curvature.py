@@ -41,6 +41,8 @@ import statistics
 import time
 
 import torch
+
+from benchmarks.timing import median_seconds
 from torch import nn
 
 from sdesam.curvature import (HessianOperator, alignment, lanczos, power_method)
@@ -81,17 +83,7 @@ def load_data(spec: str, n: int, seed: int, data_dir=None):
 
 
 def median_ms(fn, reps: int, warmup: int = 3, device: str = "cpu") -> float:
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(ts)
+    return 1e3 * median_seconds(fn, reps, warmup, device)
 
 
 def first_stay_within(history: torch.Tensor, ref: float, rel: float) -> int | None:

@@ -34,25 +34,18 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 
 import torch
 from torch import nn
 
+from benchmarks.timing import median_seconds
 from sdesam.models import build_model
 from sdesam.optim import SAM, EigenSAM, eval_mode, frozen_running_stats
 
 
 def _median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, warmup)
 
 
 def _load() -> list[float]:

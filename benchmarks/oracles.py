@@ -15,25 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
 from torch import nn
 
+from benchmarks.timing import median_seconds
 from sdesam.dynamics import make_dynamics
 from sdesam.problem import ModuleProblem
 
 
-def _median_time(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _mnist_like(n: int, data_dir, seed: int):
@@ -70,26 +60,18 @@ def main(argv=None):
     batch = torch.arange(B, device=device)[None]
     x = problem.x0
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def plain_gradient():
         loss = nn.functional.cross_entropy(model(xb), yb)
         torch.autograd.grad(loss, params)
-        sync()
 
     def v2_jet():
         problem.taylor(x, batch, "sam", 0.2, order=2)
-        sync()
 
     def v2_generic():
         generic.taylor(x, batch, "sam", 0.2, order=2)
-        sync()
 
     def flat_gradient():
         problem.gradient(x, batch)
-        sync()
 
     sam = make_dynamics("sam", problem, eta=0.01, rho=0.2)
     sam_state = sam.init_state(seed=0)
@@ -98,20 +80,18 @@ def main(argv=None):
 
     def sam_step():
         sam.advance(sam_state, 1)
-        sync()
 
     def sde3_step():
         sde3.advance(sde3_state, 1)
-        sync()
 
     t = {}
-    t["gradient"] = _median_time(plain_gradient, args.repeats)
-    t["flat_gradient"] = _median_time(flat_gradient, args.repeats)
-    t["v2_sample"] = _median_time(v2_jet, args.repeats)
-    t["v2_sample_generic_autograd"] = _median_time(v2_generic, args.repeats)
-    t["sam_step"] = _median_time(sam_step, args.repeats)
-    t["sde3_step"] = _median_time(sde3_step, max(5, args.repeats // 4), warmup=2)
-    t["gradient_again"] = _median_time(plain_gradient, args.repeats)
+    t["gradient"] = median_seconds(plain_gradient, args.repeats, 5, device)
+    t["flat_gradient"] = median_seconds(flat_gradient, args.repeats, 5, device)
+    t["v2_sample"] = median_seconds(v2_jet, args.repeats, 5, device)
+    t["v2_sample_generic_autograd"] = median_seconds(v2_generic, args.repeats, 5, device)
+    t["sam_step"] = median_seconds(sam_step, args.repeats, 5, device)
+    t["sde3_step"] = median_seconds(sde3_step, max(5, args.repeats // 4), 2, device)
+    t["gradient_again"] = median_seconds(plain_gradient, args.repeats, 5, device)
     g = min(t["gradient"], t["gradient_again"])   # the faster of two measurements: the stricter ratio
 
     print(f"MLP 784-784-10 GeLU, B={B}, data: {source}, device: {device}, "

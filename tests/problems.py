@@ -98,3 +98,19 @@ def dense_derivatives(f, x):
 
 def all_batches(n, B):
     return [list(c) for c in itertools.combinations(range(n), B)]
+
+
+def dense_hessian_of_concatenated(model, loss_fn, batches):
+    """Independent dense Hessian of the mean loss over the CONCATENATED data of
+    ``batches`` (so an operator's batch weighting is checked, not reused)."""
+    names = [n for n, _ in model.named_parameters()]
+    params = [p.detach() for p in model.parameters()]
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+
+    def f(flat):
+        chunks = torch.split(flat, [p.numel() for p in params])
+        pd = {n: c.view_as(p) for n, c, p in zip(names, chunks, params)}
+        return loss_fn(torch.func.functional_call(model, pd, (x,)), y)
+
+    return torch.autograd.functional.hessian(f, torch.cat([p.reshape(-1) for p in params]))

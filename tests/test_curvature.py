@@ -10,6 +10,8 @@ from sdesam.curvature import (HessianOperator, NonDeterministicOperatorError, al
                               flatten_tensors, lanczos, power_iteration, power_method,
                               unflatten_vector, unit_vector)
 
+from .problems import dense_hessian_of_concatenated
+
 DT = torch.float64
 
 
@@ -33,22 +35,6 @@ def data(shape, sizes, seed=1, classes=3):
              torch.randint(0, classes, (n,), generator=g)) for n in sizes]
 
 
-def reference_hessian(model, loss_fn, batches):
-    """Independent reference: one flat-parameter function, mean loss over the
-    CONCATENATED data (so the batch weighting is checked, not reused)."""
-    names = [n for n, p in model.named_parameters()]
-    params = [p.detach() for p in model.parameters()]
-    x = torch.cat([b[0] for b in batches])
-    y = torch.cat([b[1] for b in batches])
-
-    def f(flat):
-        chunks = torch.split(flat, [p.numel() for p in params])
-        pd = {n: c.view_as(p) for n, c, p in zip(names, chunks, params)}
-        return loss_fn(torch.func.functional_call(model, pd, (x,)), y)
-
-    return torch.autograd.functional.hessian(f, flatten_tensors(params))
-
-
 CASES = {
     "mlp": (mlp, (4,), [5, 3, 8]),
     "cnn": (cnn, (1, 6, 6), [4, 7, 2]),
@@ -61,7 +47,7 @@ def test_matvec_matches_dense_hessian(name):
     model = make().eval()
     batches = data(shape, sizes)
     loss_fn = nn.CrossEntropyLoss()
-    H = reference_hessian(model, loss_fn, batches)
+    H = dense_hessian_of_concatenated(model, loss_fn, batches)
     op = HessianOperator.from_module(model, loss_fn, batches)
     d = sum(p.numel() for p in model.parameters())
     assert op.shape == (d, d) and op.num_examples == sum(sizes) and op.num_batches == 3
@@ -91,13 +77,13 @@ def test_matvec_matches_dense_hessian(name):
 def test_unequal_batches_weighted_by_size_and_sum_reduction():
     model = mlp().eval()
     batches = data((4,), [1, 9])
-    H = reference_hessian(model, nn.CrossEntropyLoss(), batches)
+    H = dense_hessian_of_concatenated(model, nn.CrossEntropyLoss(), batches)
     v = torch.randn(H.shape[0], generator=torch.Generator().manual_seed(3), dtype=DT)
     op_sum = HessianOperator.from_module(model, nn.CrossEntropyLoss(reduction="sum"), batches,
                                          reduction="sum")
     assert torch.allclose(op_sum @ v, H @ v, rtol=1e-10, atol=0)
     # a naive per-batch average would be visibly different here
-    H_naive = sum(reference_hessian(model, nn.CrossEntropyLoss(), [b]) for b in batches) / 2
+    H_naive = sum(dense_hessian_of_concatenated(model, nn.CrossEntropyLoss(), [b]) for b in batches) / 2
     assert torch.linalg.vector_norm((H_naive - H) @ v) > 1e-3 * torch.linalg.vector_norm(H @ v)
 
 
@@ -182,7 +168,7 @@ def linear_regression(seed=0):
 
 def test_power_iteration_converges_to_top_eigenvector_psd():
     model, loss_fn, batches = linear_regression()
-    H = reference_hessian(model, loss_fn, batches)
+    H = dense_hessian_of_concatenated(model, loss_fn, batches)
     evals, evecs = torch.linalg.eigh(H)
     assert evals.min() > 0  # PSD (Gauss–Newton of least squares)
     op = HessianOperator.from_module(model, loss_fn, batches)

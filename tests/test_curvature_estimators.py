@@ -8,6 +8,8 @@ from torch import nn
 from sdesam.curvature import (HessianOperator, alignment, flatten_tensors, hutchinson_trace,
                               lanczos, power_method, slq, spectral_density)
 
+from .problems import dense_hessian_of_concatenated
+
 DT = torch.float64
 
 
@@ -20,25 +22,10 @@ def mlp_problem(seed=0):
     return model, nn.CrossEntropyLoss(), batches
 
 
-def reference_hessian(model, loss_fn, batches):
-    """Independent dense Hessian of the mean loss over the concatenated data."""
-    names = [n for n, _ in model.named_parameters()]
-    params = [p.detach() for p in model.parameters()]
-    x = torch.cat([b[0] for b in batches])
-    y = torch.cat([b[1] for b in batches])
-
-    def f(flat):
-        chunks = torch.split(flat, [p.numel() for p in params])
-        pd = {n: c.view_as(p) for n, c, p in zip(names, chunks, params)}
-        return loss_fn(torch.func.functional_call(model, pd, (x,)), y)
-
-    return torch.autograd.functional.hessian(f, flatten_tensors(params))
-
-
 @pytest.fixture(scope="module")
 def mlp_case():
     model, loss_fn, batches = mlp_problem()
-    H = reference_hessian(model, loss_fn, batches)
+    H = dense_hessian_of_concatenated(model, loss_fn, batches)
     return model, loss_fn, batches, H, torch.linalg.eigh(H)
 
 

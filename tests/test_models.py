@@ -7,16 +7,6 @@ from sdesam.models import (MLP, MODEL_NAMES, SimpleCNN, WideResNet, build_model,
                            count_parameters, resnet18, resnet34, resnet50, wrn28_10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and avoids OpenMP stalls when other
-    jobs share the two cores. Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def n_params(m):
     return sum(p.numel() for p in m.parameters())
 

@@ -13,15 +13,6 @@ from sdesam.models.vit import (SelfAttention, VisionTransformer, build_vit_b16,
                                load_state_dict_file, load_torchvision_weights)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and avoids OpenMP stalls when other
-    jobs share the two cores. Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # a tiny configuration of the ViT-B/16 family
 CFG = dict(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16)
 D, M, L, N = 8, 16, 2, 1 + (8 // 4) ** 2
