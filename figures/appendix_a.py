@@ -25,7 +25,6 @@ resumes or collects them).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import environment, resolve_device, save_figure, write_json_atomic
-from .runs import (TrainingSettings, add_config_arguments, config_from_args, dataset_label,
+from .common import environment, save_figure, write_json_atomic
+from .runs import (TrainingSettings, dataset_label, parse_figure_command,
                    method_label, model_label, prepare_output, run_or_collect, t_band, write_csv)
 
 METHODS = ("sam", "reverse_sam", "egr")
@@ -191,25 +190,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     return summary
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("runs/appendix_a"), help="output directory")
-    ap.add_argument("--full", action="store_true", help="the paper's configuration (for GPUs)")
-    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
-    ap.add_argument("--data-dir", default=None, help="data directory (default $SDESAM_DATA or ~/.cache/sdesam)")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    ap.add_argument("--no-progress", action="store_true")
-    add_config_arguments(ap, Config, Config())
-    return ap.parse_args(argv)
-
-
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    try:
-        cfg = config_from_args(args, Config.full() if args.full else Config()).validate()
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"appendix_a: {err}")
-    summary = run(cfg, args.out, device=str(resolve_device(args.device)), data_dir=args.data_dir,
+    args, cfg = parse_figure_command("appendix_a", __doc__, Config, argv)
+    summary = run(cfg, args.out, device=args.device, data_dir=args.data_dir,
                   threads=args.threads, progress=not args.no_progress)
     print((args.out / "accuracy.md").read_text(), end="")
     print(f"(written to {args.out}/{summary['files']['figure']} (+ .pdf), records.csv, accuracy.md, summary.json; "

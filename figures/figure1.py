@@ -35,7 +35,6 @@ Outputs in ``--out`` (default ``runs/figure1``): ``figure1_{dataset}.png``/``.pd
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -43,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import environment, resolve_device, save_figure, write_json_atomic
+from .common import environment, save_figure, write_json_atomic
 from .probes import HESSIAN_MODES, AlignmentProbe
-from .runs import (TrainingSettings, add_config_arguments, config_from_args, dataset_label,
+from .runs import (TrainingSettings, dataset_label, parse_figure_command,
                    method_label, model_label, prepare_output, resolve_dataset, run_or_collect,
                    t_band, write_csv)
 
@@ -299,26 +298,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     return summary
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("runs/figure1"), help="output directory")
-    ap.add_argument("--full", action="store_true", help="paper-scale configuration (for a GPU)")
-    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
-    ap.add_argument("--data-dir", default=None, help="data directory (default $SDESAM_DATA or ~/.cache/sdesam)")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    ap.add_argument("--no-progress", action="store_true")
-    add_config_arguments(ap, Config, Config())
-    return ap.parse_args(argv)
-
-
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    try:
-        cfg = config_from_args(args, Config.full() if args.full else Config()).validate()
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"figure1: {err}")
-    device = str(resolve_device(args.device))
-    summary = run(cfg, args.out, device=device, data_dir=args.data_dir, threads=args.threads,
+    args, cfg = parse_figure_command("figure1", __doc__, Config, argv)
+    summary = run(cfg, args.out, device=args.device, data_dir=args.data_dir, threads=args.threads,
                   progress=not args.no_progress)
     res = summary["results"]
     print(f"wrote {args.out}/{summary['files']['figure']} (+ .pdf), records.csv, summary.json "

@@ -24,11 +24,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdesam.cli import key_value, optional
 from sdesam.data import DatasetNotFoundError, load_dataset
 from sdesam.training import RESUME_MUTABLE_FIELDS, TrainConfig, table1, train
 from sdesam.training.files import FINAL_FILE, METRICS_FILE, STEPS_FILE, read_json, read_jsonl
 
-from .common import write_json_atomic
+from .common import resolve_device, write_json_atomic
 from .table1 import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS, t_interval
 
 __all__ = ["TrainingSettings", "Run", "run_or_collect", "prepare_output", "add_config_arguments",
@@ -156,28 +157,11 @@ def prepare_output(out: Path, cfg) -> None:
 _SCALARS = {"int": int, "float": float, "str": str}
 
 
-def _optional(parse):
-    def convert(text: str):
-        return None if text.lower() == "none" else parse(text)
-    convert.__name__ = getattr(parse, "__name__", "value")
-    return convert
-
-
 def _json_dict(text: str) -> dict:
     value = json.loads(text)
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
-
-
-def _setting(text: str):
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls, defaults) -> None:
@@ -190,7 +174,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, defaults) 
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
         if f.name == "overrides":
-            parser.add_argument("--set", dest="overrides", action="append", type=_setting, default=unset,
+            parser.add_argument("--set", dest="overrides", action="append", type=key_value, default=unset,
                                 metavar="KEY=VALUE", help="TrainConfig field for every run (repeatable)")
         elif kind.startswith("bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=unset,
@@ -202,7 +186,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, defaults) 
             parser.add_argument(flag, type=_json_dict, default=unset, help=f"JSON object, default {json.dumps(default)}")
         else:
             base = _SCALARS[kind.split("|")[0].strip()]
-            parse = _optional(base) if "None" in kind else base
+            parse = optional(base) if "None" in kind else base
             parser.add_argument(flag, type=parse, default=unset, help=f"default {default}")
 
 
@@ -220,6 +204,30 @@ def config_from_args(args: argparse.Namespace, config):
         changes[f.name] = value
     return dataclasses.replace(config, **changes)
 
+
+
+def parse_figure_command(name: str, doc: str, config_cls, argv=None):
+    """The command line shared by ``python -m figures.<name>``: the common flags
+    (``--out``, ``--full``, ``--device``, ``--data-dir``, ``--threads``, ``--no-progress``)
+    plus one flag per field of ``config_cls``, applied to its quick default (or to
+    ``config_cls.full()`` with ``--full``). Returns ``(args, config)`` with ``args.device``
+    resolved to a device string; an invalid value exits with a message naming it."""
+    ap = argparse.ArgumentParser(prog=f"python -m figures.{name}", description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs") / name, help="output directory")
+    ap.add_argument("--full", action="store_true", help="the paper's configuration (for GPUs)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
+    ap.add_argument("--data-dir", default=None, help="data directory (default $SDESAM_DATA or ~/.cache/sdesam)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--no-progress", action="store_true")
+    add_config_arguments(ap, config_cls, config_cls())
+    args = ap.parse_args(argv)
+    try:
+        config = config_from_args(args, config_cls.full() if args.full else config_cls()).validate()
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"{name}: {err}")
+    args.device = str(resolve_device(args.device))
+    return args, config
 
 # -- statistics and files --------------------------------------------------------------
 def t_band(values, level: float = 0.95) -> tuple[float, float]:

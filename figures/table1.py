@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import statistics
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from scipy import stats
 
+from sdesam.cli import key_value
 from sdesam.training import RESUME_MUTABLE_FIELDS, TrainConfig, table1, table1_quick, train
 from sdesam.training.files import FINAL_FILE, read_json
 from sdesam.training.presets import TABLE1_DATASETS, TABLE1_METHODS, TABLE1_MODELS
@@ -181,16 +181,6 @@ def run_grid(configs, jobs: int = 1) -> None:
             print(f"finished {future.result()}", file=sys.stderr, flush=True)
 
 
-def _setting(text: str):
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the small CPU grid (see above)")
@@ -202,7 +192,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="output prefix, default RUNS_DIR/table1 (.md, .csv)")
     ap.add_argument("--collect-only", action="store_true", help="do not train; tabulate finished runs")
     ap.add_argument("--jobs", type=int, default=1, help="cells trained at a time (processes)")
-    ap.add_argument("--set", dest="overrides", action="append", type=_setting, default=[],
+    ap.add_argument("--set", dest="overrides", action="append", type=key_value, default=[],
                     metavar="KEY=VALUE", help="TrainConfig override for every cell (repeatable)")
     ap.add_argument("--decimals", type=int, default=None, help="decimals shown (default 1; quick 2)")
     args = ap.parse_args(argv)

@@ -6,9 +6,30 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-__all__ = ["main"]
+__all__ = ["main", "key_value", "optional"]
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """argparse type for ``KEY=VALUE``: the value parsed as JSON when it is JSON
+    (``width=8`` → 8, ``norm=\"group\"`` or ``norm=group`` → "group")."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def optional(kind):
+    """argparse type: ``kind(text)``, or None for the text ``none`` (any case)."""
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+    parse.__name__ = f"{getattr(kind, '__name__', 'value')} or none"
+    return parse
 
 
 def main(argv=None) -> int:

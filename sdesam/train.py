@@ -22,6 +22,7 @@ import json
 import sys
 import typing
 
+from .cli import key_value, optional
 from .training import PRESETS, TrainConfig, train
 from .training.presets import table1_quick, table2
 
@@ -30,30 +31,13 @@ __all__ = ["main", "add_arguments", "config_from_args", "TrainConfig", "train"]
 _PRESET_ARGS = ("dataset", "model", "method", "seed")
 
 
-def _optional(kind):
-    def parse(text: str):
-        return None if text.lower() == "none" else kind(text)
-    parse.__name__ = f"{kind.__name__} or none"
-    return parse
-
-
-def _model_kwarg(text: str):
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the trainer's options (one per ``TrainConfig`` field) to ``parser``."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS,
                         help="start from the paper's settings (table1, table2) or the quick grid cell")
     parser.add_argument("--weights-path", default=argparse.SUPPRESS,
                         help="table2: local torchvision ViT-B/16 ImageNet-1k checkpoint")
-    parser.add_argument("--model-kwarg", action="append", type=_model_kwarg, default=argparse.SUPPRESS,
+    parser.add_argument("--model-kwarg", action="append", type=key_value, default=argparse.SUPPRESS,
                         metavar="KEY=VALUE", help="a model_kwargs entry (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the configuration and exit")
     hints = typing.get_type_hints(TrainConfig)
@@ -71,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             continue
         args = typing.get_args(hint)
         kind = args[0] if args else hint
-        parse = _optional(kind) if type(None) in args else kind
+        parse = optional(kind) if type(None) in args else kind
         parser.add_argument(flag, type=parse, default=argparse.SUPPRESS, help=help_text)
     return parser
 

@@ -1,6 +1,5 @@
 """The simulation driver: tidy records, streaming to disk, exact resume."""
 import pytest
-import torch
 
 from sdesam.dynamics import make_dynamics
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, read_records, record_steps, run_trajectory, simulate

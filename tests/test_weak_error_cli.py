@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from validation.report import markdown
 from validation.weak_error import main as _main
 
 ARGS = ["--mode", "all", "--problem", "logcosh", "--etas", "0.1,0.05,0.025,0.0125", "--horizon", "0.1",
@@ -45,6 +46,9 @@ def test_a_different_seed_changes_the_results(tmp_path, capsys):
         main([*small, "--seed", str(seed), "--out", str(tmp_path / f"s{seed}")])
         outs.append(_results(tmp_path / f"s{seed}")[0])
     assert outs[0] != outs[1]
+    report = markdown(tmp_path / "s0")                  # python -m validation.report DIR
+    assert "| η | ρ | N | SGD-SDE | SAM-SDE2 | SAM-SDE3 |" in report
+    assert report.count("slope vs η") == 3             # one fit row per test function
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from sdesam.dynamics import make_dynamics
 from sdesam.problem import Problem

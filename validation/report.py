@@ -53,7 +53,7 @@ def _sweep(r: dict, key: str) -> list[str]:
     out = []
     for t in tests:
         out.append(f"\n*g = {t}*\n")
-        out.append(f"| η | ρ | N | " + " | ".join(NAMES.get(m, m) for m in models) + " |")
+        out.append("| η | ρ | N | " + " | ".join(NAMES.get(m, m) for m in models) + " |")
         out.append("|---|---|---|" + "---|" * len(models))
         for e in r["settings"]:
             out.append(f"| {e['eta']:g} | {e['rho']:.4g} | {e['n_steps']} | "
@@ -65,7 +65,7 @@ def _sweep(r: dict, key: str) -> list[str]:
             ", ".join(f"{v:.2f}" for v in _local(r, m, t, xs)) for m in models) + " |")
         above = r.get("fits_above_floor")
         if above:
-            out.append(f"| slope above 3× floor (ρ used) | | | " + " | ".join(
+            out.append("| slope above 3× floor (ρ used) | | | " + " | ".join(
                 (_ci(above[m][t]) + " (ρ ∈ " + ", ".join(f"{v:g}" for v in above[m][t]["rhos"]) + ")")
                 if above[m][t] else "< 2 points" for m in models) + " |")
     return out
