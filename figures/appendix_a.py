@@ -31,9 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .common import environment, save_figure, write_json_atomic
-from .runs import (TrainingSettings, dataset_label, parse_figure_command,
+from .runs import (TrainingSettings, dataset_label, parse_figure_command, training_caption,
                    method_label, model_label, prepare_output, run_or_collect, t_band, write_csv)
 
 METHODS = ("sam", "reverse_sam", "egr")
@@ -125,13 +126,8 @@ def plot(rows, cfg: Config, rhos):
         ax.set_yscale("log")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
-    paper = (cfg.dataset, cfg.model) == PAPER and not cfg.model_kwargs
-    note = "" if paper else " — stand-in for the paper's ResNet-18 on CIFAR-10"
-    width = f" (width {cfg.model_kwargs['width']})" if "width" in cfg.model_kwargs else ""
-    n_train = "all" if cfg.train_subset is None else f"{cfg.train_subset}"
     rho = "ρ = " + ", ".join(f"{r:g}" for r in rhos)
-    fig.suptitle(f"{model_label(cfg.model)}{width} on {dataset_label(cfg.dataset)}{note}: {n_train} training images, "
-                 f"B = {cfg.batch_size}, {rho}; mean ± 95% CI over {cfg.seeds} seeds", fontsize=10)
+    fig.suptitle(f"{training_caption(cfg, PAPER)}, {rho}; mean ± 95% CI over {cfg.seeds} seeds", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -142,10 +138,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     cfg.validate()
     prepare_output(out, cfg)
     cells = [(m, s) for m in cfg.methods for s in range(cfg.seeds)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(cells), desc="appendix_a runs", unit="run")
+    bar = tqdm(total=len(cells), desc="appendix_a runs", unit="run", disable=not progress)
     rows, walls, rhos = [], {}, set()
     try:
         for method, seed in cells:
@@ -156,11 +149,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
             result = run_or_collect(name, tc)
             walls[name] = result.final["wall_time_s"]
             rows += tidy_records(method, seed, result)
-            if bar:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar:
-            bar.close()
+        bar.close()
     write_csv(out / "records.csv", ["method", "seed", "epoch", "metric", "value"], rows)
     acc = final_accuracy(rows, cfg)
     (out / "accuracy.md").write_text(to_markdown(cfg, acc))

@@ -41,16 +41,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .common import environment, save_figure, write_json_atomic
 from .probes import HESSIAN_MODES, AlignmentProbe
-from .runs import (TrainingSettings, dataset_label, parse_figure_command,
-                   method_label, model_label, prepare_output, resolve_dataset, run_or_collect,
+from .runs import (TrainingSettings, dataset_label, parse_figure_command, training_caption,
+                   method_label, prepare_output, resolve_dataset, run_or_collect,
                    t_band, write_csv)
 
 COLORS = {"sgd": "tab:gray", "sam": "tab:blue", "eigen_sam": "tab:red"}
 METHODS = ("sgd", "sam", "eigen_sam")
-PAPER_DATASET = "cifar10"
+PAPER_DATASET, PAPER_MODEL = "cifar10", "simple_cnn"
 
 
 @dataclass
@@ -226,10 +227,8 @@ def plot(rows, cfg: Config, spe: int):
     ax2.set_title("top Hessian eigenvalue")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
-    note = "" if cfg.dataset == PAPER_DATASET else f" — stand-in for the paper's {dataset_label(PAPER_DATASET)}"
-    n_train = "all" if cfg.train_subset is None else f"{cfg.train_subset}"
-    fig.suptitle(f"{model_label(cfg.model)} on {dataset_label(cfg.dataset)}{note}: {n_train} training images, "
-                 f"B = {cfg.batch_size}, {cfg.epochs} epochs, ρ = {cfg.rho}, α = {cfg.alpha}, p = {cfg.p}, "
+    fig.suptitle(f"{training_caption(cfg, (PAPER_DATASET, PAPER_MODEL))}, {cfg.epochs} epochs, ρ = {cfg.rho}, "
+                 f"α = {cfg.alpha}, p = {cfg.p}, "
                  f"q = {cfg.q}, {cfg.seeds} seed(s)", fontsize=10)
     fig.tight_layout()
     return fig
@@ -248,10 +247,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     n_train = cfg.train_subset or len(load_dataset(cfg.dataset, data_dir)[0])
     spe = steps_per_epoch(cfg, n_train)
     pairs = [(m, s) for m in cfg.methods for s in range(cfg.seeds)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(pairs), desc="figure1 runs", unit="run")
+    bar = tqdm(total=len(pairs), desc="figure1 runs", unit="run", disable=not progress)
     rows, walls = [], {}
     try:
         for method, seed in pairs:
@@ -265,11 +261,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
             result = run_or_collect(name, tc, [probe])
             walls[name] = result.final["wall_time_s"] + result.final.get("final_sharpness", {}).get("probe_seconds", 0)
             rows += tidy_records(method, seed, result, spe)
-            if bar:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar:
-            bar.close()
+        bar.close()
     write_csv(out / "records.csv", ["method", "seed", "step", "epoch", "metric", "value"], rows)
     numbers = summarize(rows, cfg, spe)
     stem = f"figure1_{cfg.dataset}"

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from sdesam.dynamics import make_dynamics
 from sdesam.metrics import FIGURE2_METRICS, ClassificationMetrics
@@ -213,10 +214,7 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
     dynamics = make_all_dynamics(cfg, problem)
     steps = record_steps(cfg.steps, cfg.record_every)
     pairs = [(d, s) for d in dynamics for s in range(cfg.seeds)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(pairs) * len(steps), desc="figure2", unit="record")
+    bar = tqdm(total=len(pairs) * len(steps), desc="figure2", unit="record", disable=not progress)
     runs = {}
     try:
         for dyn, seed in pairs:
@@ -224,23 +222,20 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
             done = out / "runs" / f"{run_id}.json"
             if done.exists():
                 runs[run_id] = json.loads(done.read_text())
-                if bar:
-                    bar.update(len(steps))
+                bar.update(len(steps))
                 continue
-            if bar:
-                bar.set_postfix_str(run_id)
+            bar.set_postfix_str(run_id)
             t0 = time.perf_counter()
             ckpt = out / "runs" / f"{run_id}.pt"
             resumed = ckpt.exists()
             recs = run_trajectory(dyn, steps=steps, metrics=metrics, seed=seed, checkpoint=ckpt,
-                                  on_record=(lambda k: bar.update(1)) if bar else None)
+                                  on_record=lambda k: bar.update(1))
             runs[run_id] = {"dynamics": dyn.name, "seed": seed, "config": dyn.config(),
                             "wall_seconds": time.perf_counter() - t0, "resumed": resumed, "records": recs}
             write_json_atomic(runs[run_id], done)
             ckpt.unlink(missing_ok=True)
     finally:
-        if bar:
-            bar.close()
+        bar.close()
     records = [r for run_ in runs.values() for r in run_["records"] if r["metric"] in FIGURE2_METRICS]
     tmp = out / "records.csv.tmp"
     tmp.unlink(missing_ok=True)

@@ -40,13 +40,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from sdesam.curvature import SLQResult, spectral_density
 
 from .common import environment, save_figure, write_json_atomic
 from .probes import HESSIAN_MODES, SpectrumProbe
-from .runs import (TrainingSettings, dataset_label, parse_figure_command,
-                   model_label, prepare_output, run_or_collect, t_band, write_csv)
+from .runs import (TrainingSettings, parse_figure_command, prepare_output, run_or_collect, t_band,
+                   training_caption, write_csv)
 
 PAPER = ("cifar100", "resnet18")
 
@@ -170,12 +171,7 @@ def plot(cfg: Config, bands: dict, spectra: dict):
                       f"{cfg.slq_probes} probes × {cfg.slq_steps} steps, σ = {sigma:.2g})", fontsize=9)
         ax2.legend(fontsize=8)
         ax2.grid(alpha=0.3)
-    paper = (cfg.dataset, cfg.model) == PAPER and not cfg.model_kwargs
-    note = "" if paper else f" — stand-in for the paper's {model_label(PAPER[1])} on {dataset_label(PAPER[0])}"
-    width = f" (width {cfg.model_kwargs['width']})" if "width" in cfg.model_kwargs else ""
-    n_train = "all" if cfg.train_subset is None else f"{cfg.train_subset}"
-    fig.suptitle(f"{model_label(cfg.model)}{width} on {dataset_label(cfg.dataset)}{note}: {n_train} training images, "
-                 f"B = {cfg.batch_size}, {cfg.epochs or 'preset'} epochs, p = {cfg.p}, q = {cfg.q}", fontsize=10)
+    fig.suptitle(f"{training_caption(cfg, PAPER)}, {cfg.epochs or 'preset'} epochs, p = {cfg.p}, q = {cfg.q}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -186,10 +182,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     cfg.validate()
     prepare_output(out, cfg)
     cells = [(a, s) for a in cfg.alphas for s in range(cfg.seeds)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(cells), desc="figure3 runs", unit="run")
+    bar = tqdm(total=len(cells), desc="figure3 runs", unit="run", disable=not progress)
     acc_rows, spectra, walls = [], {}, {}
     try:
         for alpha, seed in cells:
@@ -212,11 +205,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
                                  "value": result.final[metric]})
             if callbacks:
                 spectra[(alpha, seed)] = result.final["spectrum"]
-            if bar:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar:
-            bar.close()
+        bar.close()
     write_csv(out / "accuracy.csv", ["alpha", "method", "seed", "metric", "value"], acc_rows)
     write_csv(out / "spectrum.csv", ["alpha", "seed", "probe", "node", "weight"],
               [{"alpha": a, "seed": s, "probe": i, "node": n, "weight": w}

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from sdesam.training import METHODS, train
 
@@ -181,10 +182,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     cfg.validate()
     prepare_output(out, cfg)
     cells = [(m, s) for m in cfg.models for s in range(cfg.seeds)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(cells), desc="figure5 runs", unit="run")
+    bar = tqdm(total=len(cells), desc="figure5 runs", unit="run", disable=not progress)
     rows, references, probe_seconds = [], {}, {}
     try:
         for model, seed in cells:
@@ -195,11 +193,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
                                               "test_accuracy_at_epoch": result["metrics"]["test_accuracy"],
                                               "minibatch_references": [mb["reference"] for mb in result["minibatches"]]}
             probe_seconds[f"{model}-s{seed}"] = result["probe_seconds"]
-            if bar:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar:
-            bar.close()
+        bar.close()
     write_csv(out / "records.csv", ["model", "seed", "minibatch", "start", "q", "alignment", "eigenvalue_estimate"], rows)
     all_curves = {m: curves(rows, m, cfg.q_max) for m in cfg.models}
     stem = f"figure5_{cfg.dataset}"

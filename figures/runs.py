@@ -34,7 +34,7 @@ from .table1 import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS, t_interval
 
 __all__ = ["TrainingSettings", "Run", "run_or_collect", "prepare_output", "add_config_arguments",
            "config_from_args", "t_band", "write_csv", "resolve_dataset", "dataset_label",
-           "model_label", "method_label", "RUN_FIELDS"]
+           "model_label", "method_label", "training_caption", "RUN_FIELDS"]
 
 #: TrainConfig fields that say how a run ran, not what it computed (ignored when a
 #: finished run is matched against its configuration)
@@ -51,6 +51,18 @@ def model_label(name: str) -> str:
 
 def method_label(name: str) -> str:
     return METHOD_LABELS.get(name, name)
+
+
+def training_caption(cfg, paper: tuple[str, str]) -> str:
+    """The start of a figure's title: "<model> (width w) on <dataset>[ — stand-in for the
+    paper's <model> on <dataset>]: <n> training images, B = <B>". ``paper`` is the
+    paper's (dataset, model); ``cfg`` a figure configuration with ``dataset`` and ``model``."""
+    is_paper = (cfg.dataset, cfg.model) == tuple(paper) and not cfg.model_kwargs
+    note = "" if is_paper else f" — stand-in for the paper's {model_label(paper[1])} on {dataset_label(paper[0])}"
+    width = f" (width {cfg.model_kwargs['width']})" if "width" in cfg.model_kwargs else ""
+    n_train = "all" if cfg.train_subset is None else str(cfg.train_subset)
+    return (f"{model_label(cfg.model)}{width} on {dataset_label(cfg.dataset)}{note}: {n_train} training images, "
+            f"B = {cfg.batch_size}")
 
 
 def resolve_dataset(name: str, preferred: str, fallback: str, data_dir=None) -> str:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from sdesam.refresh import RefreshSchedule
 
@@ -168,10 +169,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     cfg.validate()
     prepare_output(out, cfg)
     grid = [(d, m, c, s) for d in cfg.datasets for m in cfg.models for c in cfg.columns() for s in range(cfg.seeds)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(grid), desc="table_p runs", unit="run")
+    bar = tqdm(total=len(grid), desc="table_p runs", unit="run", disable=not progress)
     rows, walls, steps = [], {}, {}
     try:
         for dataset, model, column, seed in grid:
@@ -187,11 +185,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
                          "test_accuracy": result.final["test_accuracy"], "test_loss": result.final["test_loss"],
                          "train_loss": result.final["train_loss"], "steps": result.final["steps"],
                          "refreshes": "" if column == "sam" else refreshes(column, result.final["steps"])})
-            if bar:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar:
-            bar.close()
+        bar.close()
     write_csv(out / "table_p.csv", ["dataset", "model", "column", "p", "seed", "test_accuracy", "test_loss",
                                     "train_loss", "steps", "refreshes"], rows)
     table = entries(rows)

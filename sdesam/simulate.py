@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ._checks import check_int
 from .dynamics import Dynamics, RunState
@@ -151,22 +152,17 @@ def simulate(dynamics: Sequence[Dynamics], *, steps: int, record_every: int,
     """
     rec_steps = record_steps(steps, record_every)
     total = len(dynamics) * len(seeds) * len(rec_steps)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc="simulate", unit="record")
+    bar = tqdm(total=total, desc="simulate", unit="record", disable=not progress)
     writer = RecordWriter(out) if out is not None else None
     records: list[dict] = []
     try:
         for dyn in dynamics:
             for seed in seeds:
-                if bar is not None:
-                    bar.set_postfix_str(f"{dyn.name} seed {seed}")
+                bar.set_postfix_str(f"{dyn.name} seed {seed}")
                 records += run_trajectory(dyn, steps=rec_steps, metrics=metrics, seed=seed, x0=x0,
-                                          writer=writer, on_record=(lambda k: bar.update(1)) if bar else None)
+                                          writer=writer, on_record=lambda k: bar.update(1))
     finally:
         if writer is not None:
             writer.close()
-        if bar is not None:
-            bar.close()
+        bar.close()
     return records
