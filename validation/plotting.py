@@ -21,6 +21,15 @@ def NullFormatter():
     return _NF()
 
 
+def _save(plt, fig, path, title: str) -> None:
+    """Title (if any), tight layout, PNG at 130 dpi, and the figure closed."""
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def plot_sweep(result: dict, path, title: str = "") -> None:
     """Errors against η (or ρ) with ±1 bootstrap-SE bars and fitted power laws, one panel
     per test function. ``result`` is a sweep dict of ``validation.experiment``."""
@@ -60,11 +69,7 @@ def plot_sweep(result: dict, path, title: str = "") -> None:
         ax.set_title(t)
         ax.legend(handles=handles, fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(plt, fig, path, title)
 
 
 def plot_ablation(result: dict, path, title: str = "") -> None:
@@ -90,8 +95,4 @@ def plot_ablation(result: dict, path, title: str = "") -> None:
             ax.set_title(t)
             ax.legend(fontsize=7)
             ax.grid(True, which="both", alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(plt, fig, path, title)

@@ -179,10 +179,7 @@ class EigenSAM(SAM):
             if self.refresh_due:
                 self.update_eigenvector(closure)
             loss = self._clean_pass(closure)
-        self.first_step(zero_grad=True)
-        self._perturbed_pass(closure)
-        self.second_step()
-        return loss.detach()
+        return self._ascend_and_descend(closure, loss)
 
     # -- state -------------------------------------------------------------------------------
     def _extra_state(self) -> dict:

@@ -149,7 +149,11 @@ class SAM(WrappedOptimizer):
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step needs a closure that returns the "
                              "minibatch loss, or use first_step()/second_step()")
-        loss = self._clean_pass(closure)
+        return self._ascend_and_descend(closure, self._clean_pass(closure))
+
+    def _ascend_and_descend(self, closure: Closure, loss: Tensor) -> Tensor:
+        """After the clean pass (gradients in ``.grad``): perturb, take the gradient
+        there, restore and let the base optimizer step. Returns ``loss`` detached."""
         self.first_step(zero_grad=True)
         self._perturbed_pass(closure)
         self.second_step()
