@@ -24,8 +24,6 @@ from sdesam.dynamics import make_dynamics
 from sdesam.problem import ModuleProblem
 
 
-
-
 def _mnist_like(n: int, data_dir, seed: int):
     try:
         from sdesam.data import load_mnist

@@ -12,13 +12,16 @@ the pass that produced g_γ, and then takes ONE reverse pass of ρℓ₁ + (ρ²
 so v² = g + that (DESIGN §3.1). Every quantity is exact (no finite differences); the
 reverse pass is ordinary autograd over the jet formulas below.
 
-Cost, measured on the 784-784-10 GeLU MLP, B = 128, 2 CPU cores, torch 2.13: one v²
-sample (g, ε, and v²) ≈ 3.3–3.4 plain ``loss.backward()`` gradients, against 6.2–7.9×
-for generic reverse³ autograd (``sdesam.oracles``) and 14× for nested
-``torch.func.jvp``. The floor is about 2×: the big matrix products are the primal
-forward, the gradient's backward, the tangent forward and the final backward. The
-elementwise activation jets are fused into one autograd ``Function`` each, which
-took the path from 3.44× to 3.35×. Reproduce with ``python -m benchmarks.oracles``.
+Cost, measured on the 784-784-10 GeLU MLP, B = 128, real MNIST, 2 idle CPU cores,
+torch 2.13 (``python -m benchmarks.oracles``, five runs): one v² sample through
+``ModuleProblem.taylor`` (g, ε and v² written as flat rows) costs 3.37–3.54 plain
+gradients (median 3.42), against 6.4–6.9 for generic reverse³ autograd
+(``sdesam.oracles``) and 14 for nested ``torch.func.jvp``. The floor is about 2: the
+big matrix products are the primal forward, the gradient's backward, the tangent
+forward and the final backward. The elementwise activation jets are fused into one
+autograd ``Function`` per order, with in-place and ``addcmul`` kernels (on a (128, 784)
+activation each elementwise kernel costs ~1% of a gradient); that took the ratio from
+3.73–3.75 to the numbers above.
 
 Supported layers: Linear, Conv2d, Flatten, Identity, AvgPool2d, AdaptiveAvgPool2d and
 the activations ReLU, GELU (exact erf form), Tanh, Sigmoid, Softplus, SiLU. Supported
@@ -45,14 +48,17 @@ _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # Each returns a tuple (d1, d2, d3) truncated to ``upto`` entries.
 # ---------------------------------------------------------------------------------
 def _gelu_derivs(z: Tensor, upto: int):
-    phi = torch.exp(-0.5 * z * z) * _INV_SQRT2PI              # standard normal density
-    d1 = 0.5 * (1.0 + torch.erf(z * _INV_SQRT2)) + z * phi     # Φ(z) + z φ(z)
+    # in-place and fused (addcmul) where possible: on a (128, 784) activation each
+    # elementwise kernel costs about as much as 1% of a gradient of the MNIST MLP
+    zz = z * z
+    phi = torch.exp(zz * -0.5).mul_(_INV_SQRT2PI)              # standard normal density
+    d1 = torch.erf(z * _INV_SQRT2).add_(1.0).mul_(0.5).addcmul_(z, phi)   # Φ(z) + z φ(z)
     if upto == 1:
         return (d1,)
-    d2 = phi * (2.0 - z * z)
+    d2 = torch.sub(2.0, zz).mul_(phi)                          # φ(z)(2 − z²)
     if upto == 2:
         return d1, d2
-    return d1, d2, phi * (z * z * z - 4.0 * z)
+    return d1, d2, zz.sub_(4.0).mul_(z).mul_(phi)              # φ(z)(z³ − 4z)
 
 
 def _relu_derivs(z: Tensor, upto: int):
@@ -123,21 +129,41 @@ class _ElementwiseJet(torch.autograd.Function):
     def forward(ctx, z, z1, z2, derivs):
         d1, d2, d3 = derivs(z, 3)
         y1 = d1 * z1
-        y2 = d2 * z1 * z1
+        y2 = (z1 * z1).mul_(d2)
         if z2 is not None:
-            y2 = y2 + d1 * z2
+            y2.addcmul_(d1, z2)
         ctx.save_for_backward(z1, z2, d1, d2, d3)
         return y1, y2
 
     @staticmethod
     def backward(ctx, gy1, gy2):
         z1, z2, d1, d2, d3 = ctx.saved_tensors
-        gz = d2 * z1 * gy1 + d3 * z1 * z1 * gy2
+        d2gy2 = d2 * gy2
+        # gz = (d2 gy1 + d3 z1 gy2) z1 + d2 z2 gy2
+        gz = (d3 * z1).mul_(gy2).addcmul_(d2, gy1).mul_(z1)
         if z2 is not None:
-            gz = gz + d2 * z2 * gy2
-        gz1 = d1 * gy1 + 2.0 * d2 * z1 * gy2 if ctx.needs_input_grad[1] else None
+            gz.addcmul_(d2gy2, z2)
+        gz1 = (d2gy2 * z1).mul_(2.0).addcmul_(d1, gy1) if ctx.needs_input_grad[1] else None
         gz2 = d1 * gy2 if ctx.needs_input_grad[2] else None
         return gz, gz1, gz2, None
+
+
+class _ElementwiseJet1(torch.autograd.Function):
+    """First-order version: (z, z₁) ↦ y₁ = σ'(z) z₁ (the derivative formulas work in
+    place, so autograd must not differentiate through them)."""
+
+    @staticmethod
+    def forward(ctx, z, z1, derivs):
+        d1, d2 = derivs(z, 2)
+        ctx.save_for_backward(z1, d1, d2)
+        return d1 * z1
+
+    @staticmethod
+    def backward(ctx, gy1):
+        z1, d1, d2 = ctx.saved_tensors
+        gz = (d2 * z1).mul_(gy1)
+        gz1 = d1 * gy1 if ctx.needs_input_grad[1] else None
+        return gz, gz1, None
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -209,8 +235,7 @@ class _Activation:
         if a1 is None:          # no tangent reaches this layer: the jet is zero
             return None, None
         if order < 2:
-            (d1,) = self.derivs(a, 1)
-            return d1 * a1, None
+            return _ElementwiseJet1.apply(a, a1, self.derivs), None
         return _ElementwiseJet.apply(a, a1, a2, self.derivs)
 
 
