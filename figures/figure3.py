@@ -171,7 +171,8 @@ def plot(cfg: Config, bands: dict, spectra: dict):
                       f"{cfg.slq_probes} probes × {cfg.slq_steps} steps, σ = {sigma:.2g})", fontsize=9)
         ax2.legend(fontsize=8)
         ax2.grid(alpha=0.3)
-    fig.suptitle(f"{training_caption(cfg, PAPER)}, {cfg.epochs or 'preset'} epochs, p = {cfg.p}, q = {cfg.q}", fontsize=10)
+    fig.suptitle(f"{training_caption(cfg, PAPER)}, {cfg.epochs or 'preset'} epochs, p = {cfg.p}, q = {cfg.q}",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
