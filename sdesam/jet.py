@@ -14,14 +14,17 @@ reverse pass is ordinary autograd over the jet formulas below.
 
 Cost, measured on the 784-784-10 GeLU MLP, B = 128, real MNIST, 2 idle CPU cores,
 torch 2.13 (``python -m benchmarks.oracles``, five runs): one v² sample through
-``ModuleProblem.taylor`` (g, ε and v² written as flat rows) costs 3.37–3.54 plain
-gradients (median 3.42), against 6.4–6.9 for generic reverse³ autograd
+``ModuleProblem.taylor`` (g, ε and v² written as flat rows) costs 3.32–3.44 plain
+gradients (median 3.35), against 6.7–7.0 for generic reverse³ autograd
 (``sdesam.oracles``) and 14 for nested ``torch.func.jvp``. The floor is about 2: the
 big matrix products are the primal forward, the gradient's backward, the tangent
-forward and the final backward. The elementwise activation jets are fused into one
-autograd ``Function`` per order, with in-place and ``addcmul`` kernels (on a (128, 784)
-activation each elementwise kernel costs ~1% of a gradient); that took the ratio from
-3.73–3.75 to the numbers above.
+forward and the final backward. Two measures brought it there from 3.73–3.75:
+
+- the elementwise activation jets are fused into one autograd ``Function`` per order,
+  with in-place and ``addcmul`` kernels (on a (128, 784) activation each elementwise
+  kernel costs ~1% of a gradient): 3.37–3.54;
+- for SAM-type rules the tangent of a wide Linear layer is applied in factored form
+  (``LowRankWeightTangent``), a third of the dense product's cost.
 
 Supported layers: Linear, Conv2d, Flatten, Identity, AvgPool2d, AdaptiveAvgPool2d and
 the activations ReLU, GELU (exact erf form), Tanh, Sigmoid, Softplus, SiLU. Supported
@@ -37,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SequentialJet"]
+__all__ = ["SequentialJet", "LowRankWeightTangent"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -177,13 +180,35 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
 # ---------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------
+class LowRankWeightTangent:
+    """The weight tangent U = scale · δᵀA (out × in) of a Linear layer, kept factored.
+
+    For rules of the form ε = a·g (SAM, USAM, Reverse-SAM) the weight part of ε is a
+    times the layer's minibatch gradient, and for a Linear layer that gradient is
+    g_W = δᵀA, with A (B, in) the layer's input and δ (B, out) the gradient of the
+    minibatch loss with respect to its output. Then v ↦ vUᵀ = scale · (vAᵀ)δ costs
+    B²(in + out) multiply-adds instead of B·in·out: a third for the 784 × 784 layer of
+    the MNIST MLP at B = 128. ``scale``, ``delta`` and ``inputs`` are constants
+    (detached): the jet holds ε fixed.
+    """
+
+    def __init__(self, scale: Tensor, delta: Tensor, inputs: Tensor):
+        self.scale, self.delta, self.inputs = scale, delta, inputs
+
+    def apply(self, v: Tensor) -> Tensor:
+        """v Uᵀ for v of shape (B', in)."""
+        return torch.mm(torch.mm(v, self.inputs.t()), self.delta).mul_(self.scale)
+
+
 class _Affine:
     """Linear or Conv2d: y = A(x; W) + b, bilinear in (x, W)."""
 
     def __init__(self, layer: nn.Module, names: list[str]):
         self.names = names  # parameter names in this layer, in named_parameters order
-        if isinstance(layer, nn.Linear):
+        self.is_linear = isinstance(layer, nn.Linear)
+        if self.is_linear:
             self.op = F.linear
+            self.features = (layer.in_features, layer.out_features)
         else:
             def conv(x, w, b=None, _l=layer):
                 return F.conv2d(x, w, b, _l.stride, _l.padding, _l.dilation, _l.groups)
@@ -193,16 +218,22 @@ class _Affine:
     def primal(self, p: dict, a: Tensor) -> Tensor:
         return self.op(a, p["weight"], p["bias"] if self.has_bias else None)
 
-    def jet(self, p: dict, e: dict, a, a1, a2, order):
+    def jet(self, p: dict, e: dict, a, a1, a2, order, factor: LowRankWeightTangent | None = None):
         # d/ds (a(s), W + sU, b + sc): y₁ = A(a; U) + c + A(a₁; W),
         # y₂ = A(a₂; W) + 2 A(a₁; U)   (the weights are linear in s).
-        W, U = p["weight"], e["weight"]
-        y1 = _add(self.op(a, U, e["bias"] if self.has_bias else None),
-                  None if a1 is None else self.op(a1, W))
+        W, c = p["weight"], (e["bias"] if self.has_bias else None)
+        if factor is None:
+            U = e["weight"]
+            along_u = lambda v: self.op(v, U)          # noqa: E731
+            y1 = self.op(a, U, c)
+        else:
+            along_u = factor.apply
+            y1 = _add(along_u(a), c)
+        y1 = _add(y1, None if a1 is None else self.op(a1, W))
         if order < 2:
             return y1, None
         y2 = _add(None if a2 is None else self.op(a2, W),
-                  None if a1 is None else 2.0 * self.op(a1, U))
+                  None if a1 is None else 2.0 * along_u(a1))
         return y1, y2
 
 
@@ -331,16 +362,28 @@ class SequentialJet:
         acts = self.activations(params, inputs)
         return self._loss(acts[-1], targets), acts
 
-    def directional(self, params: dict, tangents: dict, acts: list, targets: Tensor, order: int):
+    def factorable_layers(self, batch_size: int) -> list[int]:
+        """Indices of the Linear layers whose weight tangent is cheaper factored
+        (``LowRankWeightTangent``) at this batch size: B·(in + out) < in·out."""
+        return [k for k, layer in enumerate(self.layers)
+                if isinstance(layer, _Affine) and layer.is_linear
+                and batch_size * sum(layer.features) < layer.features[0] * layer.features[1]]
+
+    def directional(self, params: dict, tangents: dict, acts: list, targets: Tensor, order: int,
+                    factors: dict[int, LowRankWeightTangent] | None = None):
         """(ℓ₁, ℓ₂): first and second derivative of the loss along the tangent.
 
         ``acts`` are the primal activations from ``forward`` (reused, not recomputed);
         ℓ₂ is None when order < 2. Both are differentiable with respect to ``params``.
+        ``factors`` maps a layer index (see ``factorable_layers``) to the factored form
+        of that layer's weight tangent, used instead of ``tangents``' dense weight.
         """
+        factors = factors or {}
         a1 = a2 = None
-        for layer, a in zip(self.layers, acts[:-1]):
+        for k, (layer, a) in enumerate(zip(self.layers, acts[:-1])):
+            extra = {"factor": factors[k]} if k in factors else {}
             a1, a2 = layer.jet(self._layer_params(layer, params), self._layer_params(layer, tangents),
-                               a, a1, a2, order)
+                               a, a1, a2, order, **extra)
         if a1 is None:
             raise ValueError("the model has no trainable layer for the tangent to enter")
         return self._loss_jet(acts[-1], a1, a2, targets, order)

@@ -57,6 +57,12 @@ class PerturbationRule:
     def __call__(self, g: Tensor, eigvec: Tensor | None = None, out: Tensor | None = None) -> Tensor:
         """ε = a·g + b·v̂, optionally written into ``out`` (shape of g) without temporaries."""
         a, b = self.coefficients(g, eigvec)
+        return self.combine(g, a, b, eigvec, out)
+
+    @staticmethod
+    def combine(g: Tensor, a: Tensor, b: Tensor | None, eigvec: Tensor | None = None,
+                out: Tensor | None = None) -> Tensor:
+        """ε = a·g + b·v̂ from the (a, b) of ``coefficients``, into ``out`` when given."""
         if out is None:
             return a * g if b is None else a * g + b * eigvec
         torch.mul(g, a, out=out)

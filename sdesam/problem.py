@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_choice, check_int, check_nonnegative
-from .jet import SequentialJet
+from .jet import LowRankWeightTangent, SequentialJet
 from .oracles import (TaylorVectors, autograd_gradient, autograd_hvp, autograd_taylor,
                       check_order)
 from .perturbations import PerturbationRule, get_rule
@@ -393,12 +393,21 @@ class ModuleProblem(Problem):
         with torch.enable_grad():
             leaves, params = self._leaves(x)
             loss, acts = self._jet.forward(params, inputs, targets)
-            g = self._flat(torch.autograd.grad(loss, leaves, retain_graph=order > 0), rows["g"])
-            eps = rule(g, eigvec, out=rows["eps"])
+            # the gradients at the outputs of large Linear layers (free in this pass) give
+            # their part of ε = a·g in factored form (``jet.LowRankWeightTangent``)
+            factorable = self._jet.factorable_layers(len(idx)) if order > 0 else []
+            grads = torch.autograd.grad(loss, leaves + [acts[k + 1] for k in factorable],
+                                        retain_graph=order > 0)
+            g = self._flat(grads[:len(leaves)], rows["g"])
+            a, b = rule.coefficients(g, eigvec)
+            eps = rule.combine(g, a, b, eigvec, out=rows["eps"])
             if order == 0:
                 rows["v"].copy_(g)
                 return
-            l1, l2 = self._jet.directional(params, self.unflatten(eps), acts, targets, order)
+            factors = {} if b is not None else {
+                k: LowRankWeightTangent(a, delta, acts[k].detach())
+                for k, delta in zip(factorable, grads[len(leaves):])}
+            l1, l2 = self._jet.directional(params, self.unflatten(eps), acts, targets, order, factors)
             if "h" in rows:
                 h = self._flat(torch.autograd.grad(l1, leaves, retain_graph=order > 1), rows["h"])
                 torch.add(g, h, alpha=rho, out=rows["v"])

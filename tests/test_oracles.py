@@ -123,6 +123,30 @@ def test_conv_and_mse_jet_matches_autograd():
         assert rel(getattr(a, name), getattr(b, name)) < 1e-12
 
 
+def test_factored_weight_tangent_of_wide_linear_layers_matches_autograd():
+    """Layer 0 (20 × 30) is wide enough at B = 4 for ``LowRankWeightTangent`` (4·50 < 600):
+    the jet's factored path must give what generic reverse³ autograd gives, for the
+    a·g rules (factored) and Eigen-SAM's rule (b ≠ 0: the dense path)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.GELU(), nn.Linear(30, 2))
+    X, Y = torch.randn(12, 20), torch.randint(2, (12,))
+    jet = ModuleProblem(model, "cross_entropy", X, Y, 4, dtype=DTYPE)
+    ref = ModuleProblem(model, "cross_entropy", X, Y, 4, dtype=DTYPE, oracle="autograd")
+    assert jet.oracle == "jet" and jet._jet.factorable_layers(4) == [0]
+    idx = torch.tensor([[0, 4, 9, 11], [2, 3, 5, 7]])
+    x = jet.x0 + 0.05
+    v_hat = torch.randn(jet.dim, dtype=DTYPE)
+    rules = [perturbations.SAM(), perturbations.USAM(), perturbations.ReverseSAM(), perturbations.EigenSAM(0.3)]
+    for rule in rules:
+        for order in (1, 2):
+            for components in (False, True):
+                a = jet.taylor(x, idx, rule, 0.3, order, eigvec=v_hat, components=components)
+                b = ref.taylor(x, idx, rule, 0.3, order, eigvec=v_hat, components=components)
+                names = ["g", "eps", "v"] + (["h"] if components else []) + (["t"] if components and order == 2 else [])
+                for name in names:
+                    assert rel(getattr(a, name), getattr(b, name)) < 1e-12, (rule, order, components, name)
+
+
 def test_unsupported_models_fall_back_to_autograd():
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)).to(DTYPE)
     X, Y = torch.randn(6, 3, dtype=DTYPE), torch.randint(2, (6,))
