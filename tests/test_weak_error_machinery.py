@@ -20,13 +20,7 @@ from validation.stats import fit_power_law, weak_errors
 from validation.toy import make_toy_problem, quadratic_problem
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and far faster on a loaded shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_power_law_fit_recovers_exact_power_laws():
