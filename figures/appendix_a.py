@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .common import environment, save_figure, write_json_atomic
+from .common import save_figure, write_summary
 from .runs import (TrainingSettings, dataset_label, parse_figure_command, training_caption,
                    method_label, model_label, prepare_output, run_or_collect, t_band, write_csv)
 
@@ -138,20 +138,15 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     cfg.validate()
     prepare_output(out, cfg)
     cells = [(m, s) for m in cfg.methods for s in range(cfg.seeds)]
-    bar = tqdm(total=len(cells), desc="appendix_a runs", unit="run", disable=not progress)
     rows, walls, rhos = [], {}, set()
-    try:
-        for method, seed in cells:
-            name = f"{method}-s{seed}"
-            tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, data_dir=data_dir,
-                                  device=device, threads=threads, progress=progress)
-            rhos.add(tc.rho)
-            result = run_or_collect(name, tc)
-            walls[name] = result.final["wall_time_s"]
-            rows += tidy_records(method, seed, result)
-            bar.update(1)
-    finally:
-        bar.close()
+    for method, seed in tqdm(cells, desc="appendix_a runs", unit="run", disable=not progress):
+        name = f"{method}-s{seed}"
+        tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, data_dir=data_dir,
+                              device=device, threads=threads, progress=progress)
+        rhos.add(tc.rho)
+        result = run_or_collect(name, tc)
+        walls[name] = result.final["wall_time_s"]
+        rows += tidy_records(method, seed, result)
     write_csv(out / "records.csv", ["method", "seed", "epoch", "metric", "value"], rows)
     acc = final_accuracy(rows, cfg)
     (out / "accuracy.md").write_text(to_markdown(cfg, acc))
@@ -174,11 +169,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
             "band": "Student-t 95% CI of the mean over seeds",
         },
         "files": {"figure": f"{stem}.png", "records": "records.csv", "accuracy": "accuracy.md"},
-        "environment": environment(device), "run_wall_seconds": walls,
-        "wall_seconds_this_invocation": time.perf_counter() - t_start,
+        "run_wall_seconds": walls,
     }
-    write_json_atomic(summary, out / "summary.json")
-    return summary
+    return write_summary(summary, out, device, t_start)
 
 
 def main(argv=None) -> dict:

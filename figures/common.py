@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -26,6 +27,15 @@ def environment(device: torch.device | str) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def write_summary(summary: dict, out: Path, device, t_start: float) -> dict:
+    """Add the environment and this invocation's wall time (since ``t_start``, a
+    ``time.perf_counter()`` value) to ``summary`` and write ``out/summary.json`` atomically."""
+    summary["environment"] = environment(device)
+    summary["wall_seconds_this_invocation"] = time.perf_counter() - t_start
+    write_json_atomic(summary, out / "summary.json")
+    return summary
 
 
 def resolve_device(name: str) -> torch.device:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .common import environment, save_figure, write_json_atomic
+from .common import save_figure, write_summary
 from .probes import HESSIAN_MODES, AlignmentProbe
 from .runs import (TrainingSettings, dataset_label, parse_figure_command, training_caption,
                    method_label, prepare_output, resolve_dataset, run_or_collect,
@@ -247,23 +247,18 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     n_train = cfg.train_subset or len(load_dataset(cfg.dataset, data_dir)[0])
     spe = steps_per_epoch(cfg, n_train)
     pairs = [(m, s) for m in cfg.methods for s in range(cfg.seeds)]
-    bar = tqdm(total=len(pairs), desc="figure1 runs", unit="run", disable=not progress)
     rows, walls = [], {}
-    try:
-        for method, seed in pairs:
-            name = f"{method}-s{seed}"
-            tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, alpha=cfg.alpha, p=cfg.p, q=cfg.q,
-                                  data_dir=data_dir, device=device, threads=threads, progress=progress)
-            probe = AlignmentProbe(every_steps=cfg.align_every, subset_every=cfg.subset_every,
-                                   subset_examples=cfg.hessian_examples, subset_batch_size=cfg.hessian_batch_size,
-                                   subset_mode=cfg.hessian_mode, align=method in cfg.align_methods,
-                                   tol=cfg.eig_tol, max_iters=cfg.eig_max_iters, seed=seed)
-            result = run_or_collect(name, tc, [probe])
-            walls[name] = result.final["wall_time_s"] + result.final.get("final_sharpness", {}).get("probe_seconds", 0)
-            rows += tidy_records(method, seed, result, spe)
-            bar.update(1)
-    finally:
-        bar.close()
+    for method, seed in tqdm(pairs, desc="figure1 runs", unit="run", disable=not progress):
+        name = f"{method}-s{seed}"
+        tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, alpha=cfg.alpha, p=cfg.p, q=cfg.q,
+                              data_dir=data_dir, device=device, threads=threads, progress=progress)
+        probe = AlignmentProbe(every_steps=cfg.align_every, subset_every=cfg.subset_every,
+                               subset_examples=cfg.hessian_examples, subset_batch_size=cfg.hessian_batch_size,
+                               subset_mode=cfg.hessian_mode, align=method in cfg.align_methods,
+                               tol=cfg.eig_tol, max_iters=cfg.eig_max_iters, seed=seed)
+        result = run_or_collect(name, tc, [probe])
+        walls[name] = result.final["wall_time_s"] + result.final.get("final_sharpness", {}).get("probe_seconds", 0)
+        rows += tidy_records(method, seed, result, spe)
     write_csv(out / "records.csv", ["method", "seed", "step", "epoch", "metric", "value"], rows)
     numbers = summarize(rows, cfg, spe)
     stem = f"figure1_{cfg.dataset}"
@@ -285,11 +280,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
                     "(all seeds pooled); lambda1 band over seeds",
         },
         "results": numbers, "files": {"figure": f"{stem}.png", "records": "records.csv"},
-        "environment": environment(device), "run_wall_seconds": walls,
-        "wall_seconds_this_invocation": time.perf_counter() - t_start,
+        "run_wall_seconds": walls,
     }
-    write_json_atomic(summary, out / "summary.json")
-    return summary
+    return write_summary(summary, out, device, t_start)
 
 
 def main(argv=None) -> dict:

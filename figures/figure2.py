@@ -41,7 +41,7 @@ from sdesam.models import MLP
 from sdesam.problem import ModuleProblem
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, record_steps, run_trajectory
 
-from .common import environment, resolve_device, save_figure, write_json_atomic
+from .common import resolve_device, save_figure, write_json_atomic, write_summary
 
 DYNAMICS = ("sam", "sam_sde2", "sam_sde3")
 LABELS = {"sam": "discrete SAM", "sam_sde2": "SAM-SDE2 (Eq. 3)", "sam_sde3": "SAM-SDE3 (Eq. 4)"}
@@ -249,16 +249,13 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
     summary = {
         "figure": "Figure 2", "config": asdict(cfg), "metrics": metrics.config(),
         "dynamics": {d.name: d.config() for d in dynamics}, "problem": problem.config(),
-        "environment": environment(device),
-        "wall_seconds_this_invocation": time.perf_counter() - t_start,
         "run_wall_seconds": {k: v["wall_seconds"] for k, v in runs.items()},
         "lanczos_hvps_per_eigenvalue": {"min": min(hvps), "max": max(hvps), "mean": float(np.mean(hvps))},
         "discrepancy": table,
         "discrepancy_definition": discrepancy_table.__doc__.strip(),
         "record_fields": list(RECORD_FIELDS),
     }
-    write_json_atomic(summary, out / "summary.json")
-    return summary
+    return write_summary(summary, out, device, t_start)
 
 
 def parse_args(argv=None):

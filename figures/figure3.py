@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from sdesam.curvature import SLQResult, spectral_density
 
-from .common import environment, save_figure, write_json_atomic
+from .common import save_figure, write_summary
 from .probes import HESSIAN_MODES, SpectrumProbe
 from .runs import (TrainingSettings, parse_figure_command, prepare_output, run_or_collect, t_band,
                    training_caption, write_csv)
@@ -183,32 +183,27 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     cfg.validate()
     prepare_output(out, cfg)
     cells = [(a, s) for a in cfg.alphas for s in range(cfg.seeds)]
-    bar = tqdm(total=len(cells), desc="figure3 runs", unit="run", disable=not progress)
     acc_rows, spectra, walls = [], {}, {}
-    try:
-        for alpha, seed in cells:
-            name = f"alpha{alpha:g}-s{seed}"
-            method = method_for(alpha)
-            tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, alpha=alpha,
-                                  p=cfg.p, q=cfg.q, data_dir=data_dir, device=device, threads=threads,
-                                  progress=progress)
-            callbacks = []
-            if alpha in cfg.spectrum_alphas and seed < cfg.spectrum_seeds:
-                callbacks.append(SpectrumProbe(examples=cfg.hessian_examples, batch_size=cfg.hessian_batch_size,
-                                               mode=cfg.hessian_mode, probes=cfg.slq_probes, steps=cfg.slq_steps,
-                                               tol=cfg.eig_tol, max_iters=cfg.eig_max_iters))
-            result = run_or_collect(name, tc, callbacks)
-            if callbacks and "spectrum" not in result.final:
-                raise ValueError(f"{tc.out_dir} finished without a spectrum; use another --out")
-            walls[name] = result.final["wall_time_s"] + result.final.get("spectrum", {}).get("probe_seconds", 0)
-            for metric in ("test_accuracy", "test_loss", "train_loss"):
-                acc_rows.append({"alpha": alpha, "method": method, "seed": seed, "metric": metric,
-                                 "value": result.final[metric]})
-            if callbacks:
-                spectra[(alpha, seed)] = result.final["spectrum"]
-            bar.update(1)
-    finally:
-        bar.close()
+    for alpha, seed in tqdm(cells, desc="figure3 runs", unit="run", disable=not progress):
+        name = f"alpha{alpha:g}-s{seed}"
+        method = method_for(alpha)
+        tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, alpha=alpha,
+                              p=cfg.p, q=cfg.q, data_dir=data_dir, device=device, threads=threads,
+                              progress=progress)
+        callbacks = []
+        if alpha in cfg.spectrum_alphas and seed < cfg.spectrum_seeds:
+            callbacks.append(SpectrumProbe(examples=cfg.hessian_examples, batch_size=cfg.hessian_batch_size,
+                                           mode=cfg.hessian_mode, probes=cfg.slq_probes, steps=cfg.slq_steps,
+                                           tol=cfg.eig_tol, max_iters=cfg.eig_max_iters))
+        result = run_or_collect(name, tc, callbacks)
+        if callbacks and "spectrum" not in result.final:
+            raise ValueError(f"{tc.out_dir} finished without a spectrum; use another --out")
+        walls[name] = result.final["wall_time_s"] + result.final.get("spectrum", {}).get("probe_seconds", 0)
+        for metric in ("test_accuracy", "test_loss", "train_loss"):
+            acc_rows.append({"alpha": alpha, "method": method, "seed": seed, "metric": metric,
+                             "value": result.final[metric]})
+        if callbacks:
+            spectra[(alpha, seed)] = result.final["spectrum"]
     write_csv(out / "accuracy.csv", ["alpha", "method", "seed", "metric", "value"], acc_rows)
     write_csv(out / "spectrum.csv", ["alpha", "seed", "probe", "node", "weight"],
               [{"alpha": a, "seed": s, "probe": i, "node": n, "weight": w}
@@ -246,11 +241,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
         },
         "files": {"figure": f"{stem}.png", "accuracy": "accuracy.csv", "spectrum": "spectrum.csv",
                   "density": "density.csv" if spectra else None},
-        "environment": environment(device), "run_wall_seconds": walls,
-        "wall_seconds_this_invocation": time.perf_counter() - t_start,
+        "run_wall_seconds": walls,
     }
-    write_json_atomic(summary, out / "summary.json")
-    return summary
+    return write_summary(summary, out, device, t_start)
 
 
 def main(argv=None) -> dict:

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from sdesam.training import METHODS, train
 
-from .common import environment, save_figure, write_json_atomic
+from .common import save_figure, write_summary
 from .probes import HESSIAN_MODES, PowerIterationProbe, TrainingStopped
 from .runs import (TrainingSettings, dataset_label, parse_figure_command,
                    method_label, model_label, prepare_output, t_band, write_csv)
@@ -182,20 +182,15 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     cfg.validate()
     prepare_output(out, cfg)
     cells = [(m, s) for m in cfg.models for s in range(cfg.seeds)]
-    bar = tqdm(total=len(cells), desc="figure5 runs", unit="run", disable=not progress)
     rows, references, probe_seconds = [], {}, {}
-    try:
-        for model, seed in cells:
-            result = measure(cfg, model, seed, out, device=device, data_dir=data_dir, threads=threads,
-                             progress=progress)
-            rows += tidy_records(model, seed, result)
-            references[f"{model}-s{seed}"] = {"epoch": result["epoch"], "step": result["step"],
-                                              "test_accuracy_at_epoch": result["metrics"]["test_accuracy"],
-                                              "minibatch_references": [mb["reference"] for mb in result["minibatches"]]}
-            probe_seconds[f"{model}-s{seed}"] = result["probe_seconds"]
-            bar.update(1)
-    finally:
-        bar.close()
+    for model, seed in tqdm(cells, desc="figure5 runs", unit="run", disable=not progress):
+        result = measure(cfg, model, seed, out, device=device, data_dir=data_dir, threads=threads,
+                         progress=progress)
+        rows += tidy_records(model, seed, result)
+        references[f"{model}-s{seed}"] = {"epoch": result["epoch"], "step": result["step"],
+                                          "test_accuracy_at_epoch": result["metrics"]["test_accuracy"],
+                                          "minibatch_references": [mb["reference"] for mb in result["minibatches"]]}
+        probe_seconds[f"{model}-s{seed}"] = result["probe_seconds"]
     write_csv(out / "records.csv", ["model", "seed", "minibatch", "start", "q", "alignment", "eigenvalue_estimate"], rows)
     all_curves = {m: curves(rows, m, cfg.q_max) for m in cfg.models}
     stem = f"figure5_{cfg.dataset}"
@@ -216,11 +211,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
             "band": "Student-t 95% CI of the mean over all random starts of all minibatches and seeds",
         },
         "files": {"figure": f"{stem}.png", "records": "records.csv"},
-        "environment": environment(device), "probe_seconds": probe_seconds,
-        "wall_seconds_this_invocation": time.perf_counter() - t_start,
+        "probe_seconds": probe_seconds,
     }
-    write_json_atomic(summary, out / "summary.json")
-    return summary
+    return write_summary(summary, out, device, t_start)
 
 
 def main(argv=None) -> dict:

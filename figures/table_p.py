@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from sdesam.refresh import RefreshSchedule
 
-from .common import environment, save_figure, write_json_atomic
+from .common import save_figure, write_summary
 from .runs import (TrainingSettings, dataset_label, parse_figure_command,
                    model_label, prepare_output, run_or_collect, t_band, write_csv)
 
@@ -169,25 +169,20 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
     cfg.validate()
     prepare_output(out, cfg)
     grid = [(d, m, c, s) for d in cfg.datasets for m in cfg.models for c in cfg.columns() for s in range(cfg.seeds)]
-    bar = tqdm(total=len(grid), desc="table_p runs", unit="run", disable=not progress)
     rows, walls, steps = [], {}, {}
-    try:
-        for dataset, model, column, seed in grid:
-            name = f"{dataset}-{model}-{'sam' if column == 'sam' else f'p{column}'}-s{seed}"
-            method, extra = ("sam", {}) if column == "sam" else ("eigen_sam", {"p": column})
-            tc = cfg.train_config(dataset, model, method, seed, out / "runs" / name, alpha=cfg.alpha, q=cfg.q,
-                                  data_dir=data_dir, device=device, threads=threads, progress=progress, **extra)
-            result = run_or_collect(name, tc)
-            walls[name] = result.final["wall_time_s"]
-            steps[dataset] = result.final["steps"]
-            rows.append({"dataset": dataset, "model": model, "column": column_label(column),
-                         "p": "" if column == "sam" else column, "seed": seed,
-                         "test_accuracy": result.final["test_accuracy"], "test_loss": result.final["test_loss"],
-                         "train_loss": result.final["train_loss"], "steps": result.final["steps"],
-                         "refreshes": "" if column == "sam" else refreshes(column, result.final["steps"])})
-            bar.update(1)
-    finally:
-        bar.close()
+    for dataset, model, column, seed in tqdm(grid, desc="table_p runs", unit="run", disable=not progress):
+        name = f"{dataset}-{model}-{'sam' if column == 'sam' else f'p{column}'}-s{seed}"
+        method, extra = ("sam", {}) if column == "sam" else ("eigen_sam", {"p": column})
+        tc = cfg.train_config(dataset, model, method, seed, out / "runs" / name, alpha=cfg.alpha, q=cfg.q,
+                              data_dir=data_dir, device=device, threads=threads, progress=progress, **extra)
+        result = run_or_collect(name, tc)
+        walls[name] = result.final["wall_time_s"]
+        steps[dataset] = result.final["steps"]
+        rows.append({"dataset": dataset, "model": model, "column": column_label(column),
+                     "p": "" if column == "sam" else column, "seed": seed,
+                     "test_accuracy": result.final["test_accuracy"], "test_loss": result.final["test_loss"],
+                     "train_loss": result.final["train_loss"], "steps": result.final["steps"],
+                     "refreshes": "" if column == "sam" else refreshes(column, result.final["steps"])})
     write_csv(out / "table_p.csv", ["dataset", "model", "column", "p", "seed", "test_accuracy", "test_loss",
                                     "train_loss", "steps", "refreshes"], rows)
     table = entries(rows)
@@ -202,11 +197,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
         "steps_per_run": steps, "refreshes": {d: {str(p): refreshes(p, n) for p in cfg.ps} for d, n in steps.items()},
         "entry_definition": "final test accuracy (%), mean ± t_{0.975,n-1} s/sqrt(n) over seeds",
         "files": {"markdown": "table_p.md", "csv": "table_p.csv", "figure": f"{stem}.png"},
-        "environment": environment(device), "run_wall_seconds": walls,
-        "wall_seconds_this_invocation": time.perf_counter() - t_start,
+        "run_wall_seconds": walls,
     }
-    write_json_atomic(summary, out / "summary.json")
-    return summary
+    return write_summary(summary, out, device, t_start)
 
 
 def main(argv=None) -> dict:
