@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .common import save_figure, write_summary
-from .runs import (TrainingSettings, dataset_label, parse_figure_command, training_caption,
+from .runs import (TrainingSettings, dataset_label, run_figure_command, training_caption,
                    method_label, model_label, prepare_output, run_or_collect, t_band, write_csv)
 
 METHODS = ("sam", "reverse_sam", "egr")
@@ -135,7 +135,6 @@ def plot(rows, cfg: Config, rhos):
 def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=None,
         progress: bool = True) -> dict:
     t_start = time.perf_counter()
-    cfg.validate()
     prepare_output(out, cfg)
     cells = [(m, s) for m in cfg.methods for s in range(cfg.seeds)]
     rows, walls, rhos = [], {}, set()
@@ -175,9 +174,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
 
 
 def main(argv=None) -> dict:
-    args, cfg = parse_figure_command("appendix_a", __doc__, Config, argv)
-    summary = run(cfg, args.out, device=args.device, data_dir=args.data_dir,
-                  threads=args.threads, progress=not args.no_progress)
+    args, summary = run_figure_command("appendix_a", __doc__, Config, run, argv)
     print((args.out / "accuracy.md").read_text(), end="")
     print(f"(written to {args.out}/{summary['files']['figure']} (+ .pdf), records.csv, accuracy.md, summary.json; "
           f"{summary['wall_seconds_this_invocation']:.0f} s)")

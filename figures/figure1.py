@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .common import save_figure, write_summary
 from .probes import HESSIAN_MODES, AlignmentProbe
-from .runs import (TrainingSettings, dataset_label, parse_figure_command, training_caption,
+from .runs import (TrainingSettings, dataset_label, run_figure_command, training_caption,
                    method_label, prepare_output, resolve_dataset, run_or_collect,
                    t_band, write_csv)
 
@@ -286,9 +286,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
 
 
 def main(argv=None) -> dict:
-    args, cfg = parse_figure_command("figure1", __doc__, Config, argv)
-    summary = run(cfg, args.out, device=args.device, data_dir=args.data_dir, threads=args.threads,
-                  progress=not args.no_progress)
+    args, summary = run_figure_command("figure1", __doc__, Config, run, argv)
     res = summary["results"]
     print(f"wrote {args.out}/{summary['files']['figure']} (+ .pdf), records.csv, summary.json "
           f"({summary['wall_seconds_this_invocation']:.0f} s) — {dataset_label(summary['dataset'])}")

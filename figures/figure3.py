@@ -46,7 +46,7 @@ from sdesam.curvature import SLQResult, spectral_density
 
 from .common import save_figure, write_summary
 from .probes import HESSIAN_MODES, SpectrumProbe
-from .runs import (TrainingSettings, parse_figure_command, prepare_output, run_or_collect, t_band,
+from .runs import (TrainingSettings, prepare_output, run_figure_command, run_or_collect, t_band,
                    training_caption, write_csv)
 
 PAPER = ("cifar100", "resnet18")
@@ -180,7 +180,6 @@ def plot(cfg: Config, bands: dict, spectra: dict):
 def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=None,
         progress: bool = True) -> dict:
     t_start = time.perf_counter()
-    cfg.validate()
     prepare_output(out, cfg)
     cells = [(a, s) for a in cfg.alphas for s in range(cfg.seeds)]
     acc_rows, spectra, walls = [], {}, {}
@@ -247,9 +246,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
 
 
 def main(argv=None) -> dict:
-    args, cfg = parse_figure_command("figure3", __doc__, Config, argv)
-    summary = run(cfg, args.out, device=args.device, data_dir=args.data_dir,
-                  threads=args.threads, progress=not args.no_progress)
+    args, summary = run_figure_command("figure3", __doc__, Config, run, argv)
     print(f"wrote {args.out}/{summary['files']['figure']} (+ .pdf), accuracy.csv, spectrum.csv, summary.json "
           f"({summary['wall_seconds_this_invocation']:.0f} s)")
     for a, b in summary["test_accuracy_by_alpha"].items():

@@ -45,7 +45,7 @@ from sdesam.training import METHODS, train
 
 from .common import save_figure, write_summary
 from .probes import HESSIAN_MODES, PowerIterationProbe, TrainingStopped
-from .runs import (TrainingSettings, dataset_label, parse_figure_command,
+from .runs import (TrainingSettings, dataset_label, run_figure_command,
                    method_label, model_label, prepare_output, t_band, write_csv)
 
 PAPER = ("cifar100", ("resnet18", "wrn28_10"), 100)
@@ -179,7 +179,6 @@ def plot(cfg: Config, all_curves: dict):
 def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=None,
         progress: bool = True) -> dict:
     t_start = time.perf_counter()
-    cfg.validate()
     prepare_output(out, cfg)
     cells = [(m, s) for m in cfg.models for s in range(cfg.seeds)]
     rows, references, probe_seconds = [], {}, {}
@@ -217,9 +216,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
 
 
 def main(argv=None) -> dict:
-    args, cfg = parse_figure_command("figure5", __doc__, Config, argv)
-    summary = run(cfg, args.out, device=args.device, data_dir=args.data_dir,
-                  threads=args.threads, progress=not args.no_progress)
+    args, summary = run_figure_command("figure5", __doc__, Config, run, argv)
     print(f"wrote {args.out}/{summary['files']['figure']} (+ .pdf), records.csv, summary.json "
           f"({summary['wall_seconds_this_invocation']:.0f} s)")
     for model, cur in summary["alignment_by_q"].items():

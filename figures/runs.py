@@ -33,8 +33,8 @@ from .common import resolve_device, write_json_atomic
 from .table1 import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS, t_interval
 
 __all__ = ["TrainingSettings", "Run", "run_or_collect", "prepare_output", "add_config_arguments",
-           "config_from_args", "t_band", "write_csv", "resolve_dataset", "dataset_label",
-           "model_label", "method_label", "training_caption", "RUN_FIELDS"]
+           "config_from_args", "parse_figure_command", "run_figure_command", "t_band", "write_csv",
+           "resolve_dataset", "dataset_label", "model_label", "method_label", "training_caption", "RUN_FIELDS"]
 
 #: TrainConfig fields that say how a run ran, not what it computed (ignored when a
 #: finished run is matched against its configuration)
@@ -150,8 +150,9 @@ def _jsonable(obj):
 
 
 def prepare_output(out: Path, cfg) -> None:
-    """Create ``out`` and record ``cfg`` there; refuse a directory that holds results of
-    another configuration (``SystemExit`` naming the differences)."""
+    """Validate ``cfg``, create ``out`` and record ``cfg`` there; refuse a directory that
+    holds results of another configuration (``SystemExit`` naming the differences)."""
+    cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
     now = _jsonable(dataclasses.asdict(cfg))
@@ -240,6 +241,14 @@ def parse_figure_command(name: str, doc: str, config_cls, argv=None):
         raise SystemExit(f"{name}: {err}")
     args.device = str(resolve_device(args.device))
     return args, config
+
+
+def run_figure_command(name: str, doc: str, config_cls, run, argv=None):
+    """``python -m figures.<name>``: ``parse_figure_command``, then ``run(config, out,
+    device=…, data_dir=…, threads=…, progress=…)``. Returns ``(args, summary)``."""
+    args, config = parse_figure_command(name, doc, config_cls, argv)
+    return args, run(config, args.out, device=args.device, data_dir=args.data_dir, threads=args.threads,
+                     progress=not args.no_progress)
 
 # -- statistics and files --------------------------------------------------------------
 def t_band(values, level: float = 0.95) -> tuple[float, float]:

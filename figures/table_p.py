@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from sdesam.refresh import RefreshSchedule
 
 from .common import save_figure, write_summary
-from .runs import (TrainingSettings, dataset_label, parse_figure_command,
+from .runs import (TrainingSettings, dataset_label, run_figure_command,
                    model_label, prepare_output, run_or_collect, t_band, write_csv)
 
 PAPER_TABLES = {"cifar10": "Table 3", "cifar100": "Table 4"}
@@ -166,7 +166,6 @@ def plot(cfg: Config, table: dict):
 def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=None,
         progress: bool = True) -> dict:
     t_start = time.perf_counter()
-    cfg.validate()
     prepare_output(out, cfg)
     grid = [(d, m, c, s) for d in cfg.datasets for m in cfg.models for c in cfg.columns() for s in range(cfg.seeds)]
     rows, walls, steps = [], {}, {}
@@ -203,9 +202,7 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
 
 
 def main(argv=None) -> dict:
-    args, cfg = parse_figure_command("table_p", __doc__, Config, argv)
-    summary = run(cfg, args.out, device=args.device, data_dir=args.data_dir,
-                  threads=args.threads, progress=not args.no_progress)
+    args, summary = run_figure_command("table_p", __doc__, Config, run, argv)
     print((args.out / "table_p.md").read_text(), end="")
     print(f"(written to {args.out}/table_p.md, table_p.csv, {summary['files']['figure']}, summary.json; "
           f"{summary['wall_seconds_this_invocation']:.0f} s)")
