@@ -52,10 +52,6 @@ class Comm:
             raise RuntimeError(f"chunks {missing[:5]} were run by no rank")
         return [merged[c] for c in range(n_chunks)]
 
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -30,12 +30,13 @@ import numpy as np
 
 from sdesam.dynamics import make_dynamics
 from sdesam.problem import Problem
+from sdesam.simulate import record_steps
 
 from .distributed import Comm
 from .montecarlo import BlockStats, ChunkPlan, TestFunctions, run_chunks
 from .stats import fit_power_law, weak_errors
 
-__all__ = ["SDE_MODELS", "Setting", "SettingResult", "measure_setting", "record_steps", "num_steps",
+__all__ = ["SDE_MODELS", "Setting", "SettingResult", "measure_setting", "num_steps",
            "sweep_eta", "sweep_rho", "sweep_ablation", "check_geometric"]
 
 #: label → core dynamics name, in the order of the expected errors (largest first).
@@ -52,11 +53,6 @@ def num_steps(horizon: float, eta: float) -> int:
         raise ValueError(f"the horizon T={horizon} must be a positive integer multiple of eta={eta} "
                          f"(T/eta = {n})")
     return N
-
-
-def record_steps(N: int, every: int) -> list[int]:
-    """0, every, 2·every, …, N (N always included)."""
-    return sorted(set(range(0, N + 1, every)) | {N})
 
 
 def check_geometric(name: str, values: Sequence[float], minimum: int) -> list[float]:

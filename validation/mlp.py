@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from sdesam._checks import check_choice
+from sdesam.data import load_mnist
 from sdesam.models import MLP
 from sdesam.problem import ModuleProblem
 
@@ -77,11 +78,6 @@ def load_images(dataset: str, data_dir=None, synthetic_n: int = 4096, seed: int 
         images = torch.randint(0, 256, (synthetic_n, 28, 28), generator=gen, dtype=torch.uint8)
         labels = torch.randint(0, 10, (synthetic_n,), generator=gen)
         return images.reshape(synthetic_n, -1).float() / 255.0, labels, "synthetic (random MNIST-shaped tensors)"
-    try:
-        from sdesam.data import load_mnist
-    except ImportError as exc:       # pragma: no cover - depends on the branch state
-        raise ValueError("--dataset mnist needs sdesam.data.load_mnist (not installed in this "
-                         "checkout); use --dataset synthetic for development") from exc
     splits = load_mnist(data_dir)
     X = splits.train_images.reshape(splits.train_images.shape[0], -1).float() / 255.0
     return X, splits.train_labels.long(), "MNIST training set (sdesam.data.load_mnist)"

@@ -14,9 +14,10 @@ import math
 import sys
 from pathlib import Path
 
+from .plotting import LABELS
+
 __all__ = ["markdown"]
 
-NAMES = {"sgd_sde": "SGD-SDE", "sam_sde2": "SAM-SDE2", "sam_sde3": "SAM-SDE3"}
 
 
 def _pm(d: dict) -> str:
@@ -53,7 +54,7 @@ def _sweep(r: dict, key: str) -> list[str]:
     out = []
     for t in tests:
         out.append(f"\n*g = {t}*\n")
-        out.append("| η | ρ | N | " + " | ".join(NAMES.get(m, m) for m in models) + " |")
+        out.append("| η | ρ | N | " + " | ".join(LABELS.get(m, m) for m in models) + " |")
         out.append("|---|---|---|" + "---|" * len(models))
         for e in r["settings"]:
             out.append(f"| {e['eta']:g} | {e['rho']:.4g} | {e['n_steps']} | "

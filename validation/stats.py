@@ -38,8 +38,7 @@ from scipy.special import stdtrit
 
 from .montecarlo import BlockStats
 
-__all__ = ["bootstrap_weights", "max_error", "weak_errors", "fit_power_law", "PowerLawFit",
-           "bootstrap_slopes"]
+__all__ = ["bootstrap_weights", "max_error", "weak_errors", "fit_power_law", "PowerLawFit"]
 
 
 def bootstrap_weights(n_blocks: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -113,9 +112,6 @@ class PowerLawFit:
                 "ci_bootstrap": None if self.ci_bootstrap is None else list(self.ci_bootstrap),
                 "n_points": self.n_points}
 
-    def predict(self, x) -> np.ndarray:
-        return np.exp(self.intercept) * np.asarray(x, dtype=float) ** self.slope
-
 
 def _ols(lx: np.ndarray, ly: np.ndarray):
     """Slopes and intercepts of ly (..., n) on lx (n,)."""
@@ -159,9 +155,3 @@ def fit_power_law(x, y, replicates: np.ndarray | None = None, level: float = 0.9
             ci_boot = (float(lo), float(hi))
     return PowerLawFit(float(slope), float(intercept), ci_reg, ci_boot, n)
 
-
-def bootstrap_slopes(x, replicates: np.ndarray) -> np.ndarray:
-    """The OLS log-log slope of each bootstrap replicate row: (n_boot, n) → (n_boot,)."""
-    lx = np.log(np.asarray(x, dtype=float))
-    s, _ = _ols(lx, np.log(np.asarray(replicates, dtype=float)))
-    return s

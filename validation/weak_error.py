@@ -169,11 +169,9 @@ def _resolve(args):
     """(problem, tests, settings dict, plan, source description) from the arguments."""
     device = torch.device(args.device)
     if args.problem == "mlp":
-        from .mlp import MLP_CONFIGS, mlp_problem, mlp_test_functions
+        from .mlp import MLP_CONFIGS, mlp_problem, mlp_test_functions, with_overrides
         cfg = MLP_CONFIGS[args.mlp_config]
-        if args.dtype is not None:
-            from dataclasses import replace
-            cfg = replace(cfg, dtype=args.dtype)
+        cfg = with_overrides(cfg, dtype=args.dtype)
         problem, ex, ey, source = mlp_problem(cfg, args.dataset, data_dir=args.data_dir, device=device)
         coord = -1 if args.coordinate is None else args.coordinate
         tests_all = mlp_test_functions(problem, ex, ey, coord)

@@ -32,14 +32,14 @@ def _vit_b16(num_classes, in_channels, **kw):
 
 _BUILDERS = {
     "mlp": _mlp,
-    "resnet18": lambda n, c, **kw: resnet18(n, c, **kw),
-    "resnet34": lambda n, c, **kw: resnet34(n, c, **kw),
-    "resnet50": lambda n, c, **kw: resnet50(n, c, **kw),
-    "wrn28_10": lambda n, c, **kw: wrn28_10(n, c, **kw),
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "wrn28_10": wrn28_10,
     "wrn": _wrn,
-    "simple_cnn": lambda n, c, **kw: SimpleCNN(n, c, **kw),
+    "simple_cnn": SimpleCNN,
     "vit_b16": _vit_b16,
-    "vit_tiny": lambda n, c, **kw: vit_tiny(n, c, **kw),
+    "vit_tiny": vit_tiny,
 }
 
 #: names accepted by ``build_model``.
