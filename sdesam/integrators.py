@@ -146,16 +146,15 @@ class EigenSAM(_Perturbed):
         self.q = check_int("q", q, 1)
         spe = steps_per_epoch if steps_per_epoch is not None else problem.n_train // problem.batch_size
         self.schedule = RefreshSchedule(p, p_counting, first_refresh, check_int("steps_per_epoch", spe, 1))
-        self.p, self.steps_per_epoch = self.schedule.p, self.schedule.steps_per_epoch
-        self.p_counting, self.first_refresh = p_counting, first_refresh
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.schedule.steps_per_epoch
 
     def config(self):
-        return {**super().config(), "p": self.p, "q": self.q, "p_counting": self.p_counting,
-                "first_refresh": self.first_refresh, "steps_per_epoch": self.steps_per_epoch}
-
-    def counter(self, step: int) -> int:
-        """The 1-based counter t₁ of Algorithm 2 at 0-based global step ``step``."""
-        return self.schedule.counter(step)
+        s = self.schedule
+        return {**super().config(), "p": s.p, "q": self.q, "p_counting": s.p_counting,
+                "first_refresh": s.first_refresh, "steps_per_epoch": s.steps_per_epoch}
 
     def refreshes_at(self, step: int) -> bool:
         """Whether v̂ is re-estimated at 0-based global step ``step``."""
@@ -175,7 +174,7 @@ class EigenSAM(_Perturbed):
                                      state.extra["eigvec"], self.q)
             state.extra["eigvec"] = result.vector
             state.extra["has_estimate"] = state.x.new_ones(())
-        if self.first_refresh == "after_p" and "has_estimate" not in state.extra:
+        if self.schedule.first_refresh == "after_p" and "has_estimate" not in state.extra:
             self._perturbed_step(state, batch, rule=perturbations.USAM())
         else:
             self._perturbed_step(state, batch, state.extra["eigvec"])

@@ -318,7 +318,6 @@ class SequentialJet:
         if not self.supports(model, loss):
             raise ValueError(f"SequentialJet does not support this model/loss ({loss!r}); "
                              "use the autograd oracles instead")
-        self.loss_name = loss
         self._loss, self._loss_jet = _LOSSES[loss]
         self.layers = []
         for name, layer in model.named_children():

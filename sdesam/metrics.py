@@ -67,8 +67,7 @@ class ClassificationMetrics:
 
     def hessian_operator(self, x: Tensor) -> HessianOperator:
         """H of the mean loss over the fixed subset, at x (d,), as a linear operator."""
-        return HessianOperator.from_function(lambda v: self.hessian_problem.hvp(x, self._all, v.to(x.dtype)),
-                                             self.problem.dim, x.dtype, x.device)
+        return HessianOperator.from_problem(self.hessian_problem, x, self._all)
 
     def top_eigenvalue(self, x: Tensor):
         """The ``lanczos`` result for λ₁ of the subset Hessian at x."""

@@ -301,9 +301,8 @@ class ModuleProblem(Problem):
         return {n: t.view(s) for n, t, s in zip(self._names, torch.split(x, self._sizes), self._shapes)}
 
     def _leaves(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
-        leaves = [t.view(s).requires_grad_(True)
-                  for t, s in zip(torch.split(x.detach(), self._sizes), self._shapes)]
-        return leaves, dict(zip(self._names, leaves))
+        params = {n: t.requires_grad_(True) for n, t in self.unflatten(x.detach()).items()}
+        return list(params.values()), params
 
     def _forward(self, params: dict, inputs: Tensor) -> Tensor:
         if self._jet is not None:       # same function, without functional_call's overhead
@@ -317,8 +316,9 @@ class ModuleProblem(Problem):
         """Iterate (flat index, x_i (d,), batch_i (B,)) over the broadcast leading shape."""
         x, batch = self._broadcast(x, batch)
         S = x.shape[:-1]
-        xs, bs = x.reshape(-1, self.dim), batch.reshape(-1, self.batch_size)
-        return S, [(i, xs[i], bs[i]) for i in range(xs.shape[0])]
+        # index the broadcast views element by element: reshaping the expanded x would copy
+        # it (one d-vector per minibatch and trajectory)
+        return S, [(i, x[j], batch[j]) for i, j in enumerate(itertools.product(*map(range, S)))]
 
     # -- oracles --------------------------------------------------------------------
     def loss(self, x, batch):
@@ -333,7 +333,7 @@ class ModuleProblem(Problem):
             for i, xi, bi in elems:
                 leaves, params = self._leaves(xi)
                 grads = torch.autograd.grad(self._batch_loss(params, bi), leaves)
-                torch.cat([g.reshape(-1) for g in grads], out=out[i])
+                self._flat(grads, out[i])
         return out.reshape(*S, self.dim)
 
     def hvp(self, x, batch, v):

@@ -45,6 +45,7 @@ from torch import Tensor
 from ._checks import check_choice, check_int, check_nonnegative
 from .dynamics import Dynamics, RunState
 from .integrators import STREAM_NOISE, draw_batches
+from .oracles import check_order
 from .perturbations import get_rule
 from .problem import Problem, derived_seed, seeded_generator
 
@@ -80,9 +81,7 @@ class SAMFamilySDE(Dynamics):
                  solver: str = "euler", seed: int = 0):
         super().__init__(problem, eta)
         self.rho = check_nonnegative("rho", rho)
-        self.order = check_int("order", order, 0)
-        if self.order > 2:
-            raise ValueError(f"order must be 0, 1 or 2, got order={order!r}")
+        self.order = check_order(order)
         self.rule = get_rule(rule)
         if self.rule.needs_eigenvector:
             raise ValueError(f"the SDEs support rules without an eigenvector estimate, got {self.rule!r}")
