@@ -327,8 +327,9 @@ class HessianOperator(LinearOperator):
             pairs = [(g, vi) for g, vi in zip(grads, v_list) if g is not None and g.requires_grad]
             if not pairs:
                 return [torch.zeros_like(p) for p in params]
-            dot = sum((g * vi).sum() for g, vi in pairs)
-            hv = torch.autograd.grad(dot, params, retain_graph=retain, allow_unused=True)
+            # H v = ∇⟨g, v⟩: backpropagate v through the gradient graph directly
+            hv = torch.autograd.grad([g for g, _ in pairs], params, grad_outputs=[vi for _, vi in pairs],
+                                     retain_graph=retain, allow_unused=True)
             return [torch.zeros_like(p) if h is None else h for h, p in zip(hv, params)]
 
         cache: list = []

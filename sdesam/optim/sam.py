@@ -88,7 +88,7 @@ class SAM(WrappedOptimizer):
     def perturbation(self, g: Tensor) -> Tensor:
         """ε for the flat gradient ``g`` (d,), before scaling by ρ."""
         a, b, v = self._coefficients(g)
-        return a * g if b is None else a * g + b * v
+        return perturbations.PerturbationRule.combine(g, a, b, v)
 
     @torch.no_grad()
     def _ascend(self, a: Tensor, b: Tensor | None, v: Tensor | None) -> None:

@@ -184,7 +184,3 @@ class TrainConfig:
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps of the run, given the loader's steps per epoch."""
         return self.steps if self.steps is not None else self.epochs * steps_per_epoch
-
-    def run_name(self) -> str:
-        """``{dataset}-{model}-{method}-s{seed}``, the default directory name of a grid cell."""
-        return f"{self.dataset}-{self.model}-{self.method}-s{self.seed}"

@@ -19,6 +19,7 @@ Appendix E). Every field can still be overridden.
 """
 from __future__ import annotations
 
+from .._checks import check_choice
 from .config import TrainConfig
 
 __all__ = ["table1", "table2", "table1_quick", "PRESETS", "TABLE1_DATASETS", "TABLE1_MODELS",
@@ -40,15 +41,10 @@ QUICK = dict(dataset="fashion_mnist", model="resnet18", model_kwargs={"width": 8
              eval_batch_size=1000)
 
 
-def _check(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {name}={value!r}")
-
-
 def table1(dataset: str, model: str, method: str, seed: int = 0, **overrides) -> TrainConfig:
     """Table 1's configuration for one cell (any method of ``METHODS`` is accepted; SGD
     gets twice the epochs). ``overrides`` replace any field."""
-    _check("dataset", dataset, TABLE1_DATASETS)
+    check_choice("dataset", dataset, TABLE1_DATASETS)
     settings = dict(dataset=dataset, model=model, method=method, seed=seed,
                     epochs=400 if method == "sgd" else 200, steps=None, batch_size=256,
                     lr=TABLE1_LR[dataset], momentum=0.9, nesterov=False, weight_decay=5e-5,
@@ -63,7 +59,7 @@ def table2(dataset: str, method: str, seed: int = 0, weights_path: str | None = 
            **overrides) -> TrainConfig:
     """Table 2's configuration (ViT-B/16 fine-tuning). ``weights_path``: the local
     torchvision ImageNet-1k checkpoint; required unless ``model_kwargs`` is overridden."""
-    _check("dataset", dataset, TABLE2_DATASETS)
+    check_choice("dataset", dataset, TABLE2_DATASETS)
     if weights_path is None and "model_kwargs" not in overrides:
         raise ValueError("table2 needs weights_path= (torchvision's vit_b_16-c867db91.pth, a "
                          "local file; see docs/models.md)")
