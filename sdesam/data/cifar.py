@@ -92,15 +92,12 @@ def _load(fmt: _CifarFormat, root: Path, label_key: str, num_classes: int) -> Da
     elif archive.is_file():
         blobs = _read_archive(archive, fmt)
     else:
-        advice = "\n".join(
-            [f"  ({note})" for note in partial]
-            + [
-                f"Put the official archive {fmt.archive} (CIFAR page: "
-                f"https://www.cs.toronto.edu/~kriz/cifar.html) or its extracted folder "
-                f"{fmt.folder}/ in {root} (choose the directory with data_dir=... or {ENV_VAR})."
-            ]
+        advice = (
+            f"Put the official archive {fmt.archive} (CIFAR page: "
+            f"https://www.cs.toronto.edu/~kriz/cifar.html) or its extracted folder "
+            f"{fmt.folder}/ in {root} (choose the directory with data_dir=... or {ENV_VAR})."
         )
-        raise DatasetNotFoundError(fmt.name, [*directories, archive], advice)
+        raise DatasetNotFoundError(fmt.name, [*directories, archive], advice, notes=partial)
     parsed = {
         name: _parse_batch(data, source, label_key, num_classes)
         for name, (source, data) in blobs.items()

