@@ -35,6 +35,8 @@ from sdesam.data import load_mnist
 from sdesam.models import MLP
 from sdesam.problem import ModuleProblem
 
+from .montecarlo import standard_tests
+
 __all__ = ["MLPConfig", "MLP_CONFIGS", "mlp_problem", "mlp_test_functions", "load_images"]
 
 
@@ -106,16 +108,13 @@ def mlp_problem(config: MLPConfig, dataset: str = "synthetic", *, data_dir=None,
 
 def mlp_test_functions(problem: ModuleProblem, eval_inputs: Tensor, eval_targets: Tensor,
                        coordinate: int = -1) -> dict:
-    """{"loss", "sqnorm", "coord"}: functions of x (M, d) → (M,)."""
-    if not -problem.dim <= coordinate < problem.dim:
-        raise ValueError(f"coordinate must index one of d={problem.dim} parameters, got {coordinate}")
-
+    """{"loss", "sqnorm", "coord"}: functions of x (M, d) → (M,) (``standard_tests``)."""
     def loss(x):
         with torch.no_grad():
             return torch.stack([problem._loss_fn(problem._forward(problem.unflatten(xi), eval_inputs),
                                                  eval_targets) for xi in x])
 
-    return {"loss": loss, "sqnorm": lambda x: (x * x).sum(-1), "coord": lambda x: x[:, coordinate]}
+    return standard_tests(loss, problem.dim, coordinate)
 
 
 def with_overrides(config: MLPConfig, **overrides) -> MLPConfig:

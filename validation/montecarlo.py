@@ -31,11 +31,19 @@ from sdesam._checks import check_int
 from sdesam.dynamics import Dynamics
 from sdesam.problem import derived_seed
 
-__all__ = ["ChunkPlan", "BlockStats", "TestFunctions", "run_chunk", "run_chunks"]
+__all__ = ["ChunkPlan", "BlockStats", "TestFunctions", "standard_tests", "run_chunk", "run_chunks"]
 
 #: g(x) for x of shape (M, d) → (M,).
 TestFunction = Callable[[Tensor], Tensor]
 TestFunctions = Mapping[str, TestFunction]
+
+
+def standard_tests(loss: TestFunction, dim: int, coordinate: int) -> dict:
+    """The test functions g of the weak-error experiment, x (M, d) → (M,): ``loss``,
+    ‖x‖² and the coordinate x[coordinate]."""
+    if not -dim <= coordinate < dim:
+        raise ValueError(f"coordinate must index one of d={dim} parameters, got {coordinate}")
+    return {"loss": loss, "sqnorm": lambda x: (x * x).sum(-1), "coord": lambda x: x[:, coordinate]}
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from sdesam._checks import check_choice, check_int, check_positive
 
 from .distributed import init_comm
 from .experiment import SDE_MODELS, check_geometric, num_steps, sweep_ablation, sweep_eta, sweep_rho
-from .montecarlo import ChunkPlan
+from .montecarlo import ChunkPlan, standard_tests
 from .plotting import LABELS, plot_ablation, plot_sweep
 from .toy import TOY_PROBLEMS, make_toy_problem
 
@@ -182,10 +182,8 @@ def _resolve(args):
                 "problem_extra": {"mlp_config": args.mlp_config, **cfg.to_dict(), "dataset": args.dataset}}
     else:
         problem = make_toy_problem(args.problem).to(device, getattr(torch, args.dtype or "float64"))
-        i = coord = 0 if args.coordinate is None else args.coordinate
-        if not -problem.dim <= i < problem.dim:
-            raise ValueError(f"coordinate must index one of d={problem.dim} coordinates, got {i}")
-        tests_all = {"loss": problem.full_loss, "sqnorm": lambda x: (x * x).sum(-1), "coord": lambda x: x[:, i]}
+        coord = 0 if args.coordinate is None else args.coordinate
+        tests_all = standard_tests(problem.full_loss, problem.dim, coord)
         source = "toy problem (exact minibatch enumeration available)"
         base = {**DEFAULTS, "n_batches": "exact", "record_every": 1, "problem_extra": {}}
     tests = {t: tests_all[t] for t in args.tests}
