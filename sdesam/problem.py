@@ -164,6 +164,12 @@ class Problem(ABC):
         x, batch = self._broadcast(x, batch)
         return autograd_hvp(lambda z: self.loss(z, batch), x, v.expand_as(x))
 
+    def hvp_at(self, x: Tensor, batch: Tensor) -> Callable[[Tensor], Tensor]:
+        """v ↦ ∇²f_γ(x) v at a fixed point and minibatch, for many products (Lanczos,
+        power iteration). Subclasses may reuse work across the products."""
+        self._broadcast(x, batch)
+        return lambda v: self.hvp(x, batch, v)
+
     def taylor(self, x: Tensor, batch: Tensor, rule: PerturbationRule | str = "sam",
                rho: float = 0.0, order: int = 2, eigvec: Tensor | None = None,
                components: bool = False) -> TaylorVectors:
@@ -346,6 +352,23 @@ class ModuleProblem(Problem):
             else:
                 out[i] = autograd_hvp(lambda z: self._batch_loss(self.unflatten(z), bi), xi, vs[i])
         return out.reshape(*S, self.dim)
+
+    def hvp_at(self, x, batch):
+        """As ``Problem.hvp_at``; on the jet path for one point x (d,) and one minibatch
+        (B,) the primal forward pass is done once and kept for all products."""
+        if self._jet is None or x.dim() != 1 or batch.dim() != 1:
+            return super().hvp_at(x, batch)
+        self._broadcast(x, batch)
+        targets = self.targets[batch]
+        with torch.enable_grad():
+            leaves, params = self._leaves(x)
+            _, acts = self._jet.forward(params, self.inputs[batch], targets)
+
+        def matvec(v: Tensor) -> Tensor:
+            with torch.enable_grad():
+                l1, _ = self._jet.directional(params, self.unflatten(v.detach()), acts, targets, 1)
+                return self._flat(torch.autograd.grad(l1, leaves, retain_graph=True), x.new_empty(self.dim))
+        return matvec
 
     def taylor(self, x, batch, rule="sam", rho=0.0, order=2, eigvec=None, components=False):
         order = check_order(order)

@@ -244,7 +244,7 @@ class HessianOperator(LinearOperator):
         """∇²f_γ(x) of a ``sdesam.problem.Problem`` as an operator: v ↦ ``problem.hvp(x, batch, v)``.
 
         Args:
-            problem: a ``Problem`` (anything with ``dim`` and ``hvp(x, batch, v)``).
+            problem: a ``Problem`` (anything with ``dim`` and ``hvp_at(x, batch)``).
             x: the point, shape (d,); copied (detached), so later changes to the
                 caller's tensor do not move the operator.
             batch: one minibatch γ, a LongTensor (B,) of example indices with
@@ -261,7 +261,8 @@ class HessianOperator(LinearOperator):
             raise ValueError("batch must be one minibatch: a LongTensor of shape (B,), got "
                              f"{batch.dtype} of shape {tuple(batch.shape)}")
         x = x.detach().clone()
-        return cls(dim, x.dtype, x.device, lambda v: problem.hvp(x, batch, v.to(x.dtype)))
+        matvec = problem.hvp_at(x, batch)
+        return cls(dim, x.dtype, x.device, lambda v: matvec(v.to(x.dtype)))
 
     @classmethod
     def from_module(cls, model: nn.Module, loss_fn: Callable, batches, *,
