@@ -24,11 +24,12 @@ import typing
 
 from .cli import key_value, optional
 from .training import PRESETS, TrainConfig, train
-from .training.presets import table1_quick, table2
 
 __all__ = ["main", "add_arguments", "config_from_args", "TrainConfig", "train"]
 
-_PRESET_ARGS = ("dataset", "model", "method", "seed")
+#: the options each preset needs, in the order of the preset function's arguments (then seed)
+_PRESET_REQUIRED = {"table1": ("dataset", "model", "method"), "table2": ("dataset", "method"),
+                    "table1_quick": ("method",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -71,21 +72,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if hasattr(args, "weights_path"):
             given.setdefault("model_kwargs", {})["weights_path"] = args.weights_path
         return TrainConfig(**given)
-    if preset == "table1_quick":
-        if "method" not in given:
-            raise ValueError("--preset table1_quick needs --method")
-        return table1_quick(given.pop("method"), given.pop("seed", 0), **given)
-    if preset == "table2":
-        missing = [k for k in ("dataset", "method") if k not in given]
-        if missing:
-            raise ValueError(f"--preset table2 needs --{' --'.join(missing)}")
-        return table2(given.pop("dataset"), given.pop("method"), given.pop("seed", 0),
-                      weights_path=getattr(args, "weights_path", None), **given)
-    missing = [k for k in ("dataset", "model", "method") if k not in given]
+    required = _PRESET_REQUIRED[preset]
+    missing = [k for k in required if k not in given]
     if missing:
-        raise ValueError(f"--preset table1 needs --{' --'.join(missing)}")
-    return PRESETS[preset](given.pop("dataset"), given.pop("model"), given.pop("method"),
-                           given.pop("seed", 0), **given)
+        raise ValueError(f"--preset {preset} needs --{' --'.join(missing)}")
+    positional = [given.pop(k) for k in required] + [given.pop("seed", 0)]
+    if preset == "table2":
+        given["weights_path"] = getattr(args, "weights_path", None)
+    return PRESETS[preset](*positional, **given)
 
 
 def run(args: argparse.Namespace) -> int:
