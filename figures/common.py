@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from sdesam.atomic import atomic_open, atomic_write_text
+
 
 def environment(device: torch.device | str) -> dict:
     """Package versions and the device a result was produced on (saved with every result)."""
@@ -52,16 +54,13 @@ def write_json_atomic(obj, path: str | os.PathLike) -> None:
     """Write JSON to a temporary file and rename it over ``path`` (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
     """Save ``fig`` as PNG (150 dpi) and PDF under ``out_dir``; return the paths."""
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     for p in paths:
-        tmp = p.with_name(p.stem + ".tmp" + p.suffix)
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, p)
+        with atomic_open(p, "wb") as f:
+            fig.savefig(f, format=p.suffix[1:], dpi=150, bbox_inches="tight")
     return paths

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdesam.atomic import atomic_write_text
 from sdesam.cli import key_value, optional
 from sdesam.data import DatasetNotFoundError, load_dataset
 from sdesam.training import RESUME_MUTABLE_FIELDS, TrainConfig, table1, train
@@ -267,6 +268,4 @@ def write_csv(path: Path, fieldnames, rows) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow(row)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_text(path, buf.getvalue())

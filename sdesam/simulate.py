@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import check_int
+from .atomic import atomic_open
 from .dynamics import Dynamics, RunState
 
 __all__ = ["RECORD_FIELDS", "RecordWriter", "read_records", "record_steps", "run_trajectory", "simulate"]
@@ -84,9 +85,8 @@ def _measure(metrics, x: Tensor) -> dict[str, float]:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def run_trajectory(dynamics: Dynamics, *, steps: Sequence[int], metrics: Metrics,

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from sdesam._checks import check_choice, check_int, check_positive
+from sdesam.atomic import atomic_open, atomic_write_text
 
 from .distributed import init_comm
 from .experiment import SDE_MODELS, check_geometric, num_steps, sweep_ablation, sweep_eta, sweep_rho
@@ -371,12 +372,9 @@ def write_outputs(out: dict, directory: Path, plots: bool = True, blocks: dict |
     without rerunning) and the figures of the sweeps that ran."""
     directory.mkdir(parents=True, exist_ok=True)
     if blocks:
-        with open(directory / "blocks.npz.tmp", "wb") as f:
+        with atomic_open(directory / "blocks.npz", "wb") as f:
             np.savez_compressed(f, **blocks)
-        os.replace(directory / "blocks.npz.tmp", directory / "blocks.npz")
-    tmp = directory / "results.json.tmp"
-    tmp.write_text(json.dumps(_jsonable(out), indent=1))
-    os.replace(tmp, directory / "results.json")
+    atomic_write_text(directory / "results.json", json.dumps(_jsonable(out), indent=1))
     if not plots:
         return
     prob = out["config"]["problem"]["problem"]

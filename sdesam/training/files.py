@@ -14,10 +14,10 @@ the old one.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import torch
+
+from ..atomic import atomic_open, atomic_write_text
 
 __all__ = ["atomic_write_text", "read_json", "write_json", "write_jsonl", "read_jsonl", "save_checkpoint",
            "load_checkpoint", "CONFIG_FILE", "METRICS_FILE", "STEPS_FILE", "CHECKPOINT_FILE",
@@ -25,28 +25,6 @@ __all__ = ["atomic_write_text", "read_json", "write_json", "write_jsonl", "read_
 
 CONFIG_FILE, METRICS_FILE, STEPS_FILE = "config.json", "metrics.jsonl", "steps.jsonl"
 CHECKPOINT_FILE, FINAL_FILE = "checkpoint.pt", "final.json"
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    try:                                    # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, path)
 
 
 def write_json(path, obj) -> None:
@@ -68,13 +46,8 @@ def read_jsonl(path) -> list[dict]:
 
 
 def save_checkpoint(path, state: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, path)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
