@@ -38,6 +38,7 @@ from ..data import DeviceLoader, ImageDataset, load_dataset
 from ..errors import NonFiniteStateError
 from ..models import build_model
 from ..optim import EGR, SAM, EigenSAM
+from ..optim.norm_stats import eval_mode
 from ..problem import derived_seed
 from . import files
 from .callbacks import Callback, CallbackContext
@@ -211,21 +212,19 @@ class _Run:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: ImageDataset) -> tuple[float, float]:
         """(mean loss, accuracy) over the whole split, in eval mode, summed across processes."""
-        was_training = model.training
-        model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         if id(dataset) not in self._eval_loaders:       # the split stays on the device
             self._eval_loaders[id(dataset)] = self._ordered_loader(dataset, self.config.eval_batch_size)
-        for x, y in self._eval_loaders[id(dataset)]:
-            x = self.model_input(x)
-            if y.numel() == 0:
-                continue
-            with self.autocast():
-                logits = model(x)
-            totals[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-            totals[1] += (logits.argmax(1) == y).sum()
-            totals[2] += y.numel()
-        model.train(was_training)
+        with eval_mode(model):
+            for x, y in self._eval_loaders[id(dataset)]:
+                x = self.model_input(x)
+                if y.numel() == 0:
+                    continue
+                with self.autocast():
+                    logits = model(x)
+                totals[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+                totals[1] += (logits.argmax(1) == y).sum()
+                totals[2] += y.numel()
         loss_sum, correct, n = all_reduce_sum(totals, self.info).tolist()
         return loss_sum / n, correct / n
 
