@@ -132,19 +132,10 @@ class SAMFamilySDE(Dynamics):
 
     def drift_and_factor(self, t, y: Tensor) -> tuple[Tensor, Tensor]:
         """(b, F) at time t for states y (M, d): drift b (M, d) and the diffusion factor
-        F (M, d, brownian_size) with F Fᵀ = η c² Σ̂, so dX = b dt + F dW.
-
-        Cached for the last (sub-step, y): torchsde asks for f, g and ``f_and_g_prod`` at
-        the same point."""
+        F (M, d, brownian_size) with F Fᵀ = η c² Σ̂, so dX = b dt + F dW."""
         index = self.substep_index(t)
         if self._cache is not None and self._cache[0] == index and torch.equal(self._cache[1], y):
             return self._cache[2], self._cache[3]
-        drift, factor = self._drift_and_factor_at(index, y)
-        self._cache = (index, y.clone(), drift, factor)
-        return drift, factor
-
-    def _drift_and_factor_at(self, index: int, y: Tensor) -> tuple[Tensor, Tensor]:
-        """``drift_and_factor`` at sub-step ``index``, uncached."""
         M = y.shape[0]
         batches = self._batches(M, index)
         tv = self.problem.taylor(y[:, None, :], batches, self.rule, self.rho, self.order,
@@ -157,7 +148,9 @@ class SAMFamilySDE(Dynamics):
             factor = (tv.v - vbar[:, None]).transpose(1, 2) * (scale / math.sqrt(denom))
         else:
             factor = self._paper_factor(tv, denom) * scale
-        return -vbar, factor
+        drift = -vbar
+        self._cache = (index, y.clone(), drift, factor)
+        return drift, factor
 
     def _paper_factor(self, tv, denom: int) -> Tensor:
         """A factor F (M, d, (order+1)K) with F Fᵀ = PSD part of the table's Σ̂."""
@@ -214,8 +207,8 @@ class SAMFamilySDE(Dynamics):
 
     def euler_substep(self, state: RunState, index: int, dW: Tensor) -> None:
         """X ← X + b Δt + F ΔW at sub-step ``index`` (time index·Δt)."""
-        drift, factor = self._drift_and_factor_at(index, state.x)     # no cache: x moves every sub-step
-        state.x += drift * self.dt + torch.einsum("mdk,mk->md", factor, dW)
+        drift, gprod = self.f_and_g_prod(index * self.dt, state.x, dW)
+        state.x += drift * self.dt + gprod
 
     def _step(self, state):
         self.seed = state.seed
