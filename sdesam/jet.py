@@ -13,12 +13,12 @@ so v² = g + that (DESIGN §3.1). Every quantity is exact (no finite differences
 reverse pass is ordinary autograd over the jet formulas below.
 
 Cost, measured on the 784-784-10 GeLU MLP, B = 128, real MNIST, 2 idle CPU cores,
-torch 2.13 (``python -m benchmarks.oracles``, five runs): one v² sample through
-``ModuleProblem.taylor`` (g, ε and v² written as flat rows) costs 3.32–3.44 plain
-gradients (median 3.35), against 6.7–7.0 for generic reverse³ autograd
-(``sdesam.oracles``) and 14 for nested ``torch.func.jvp``. The floor is about 2: the
-big matrix products are the primal forward, the gradient's backward, the tangent
-forward and the final backward. Two measures brought it there from 3.73–3.75:
+torch 2.13 (``python -m benchmarks.oracles``, ten runs): one v² sample through
+``ModuleProblem.taylor`` (g, ε and v² written as flat rows) costs 3.16–3.42 plain
+gradients (median 3.29; a noisier batch read 3.18–3.76), against 6.3–6.8 for generic
+reverse³ autograd (``sdesam.oracles``) and 14 for nested ``torch.func.jvp``. The floor
+is about 2: the big matrix products are the primal forward, the gradient's backward,
+the tangent forward and the final backward. Two measures brought it there from 3.73–3.75:
 
 - the elementwise activation jets are fused into one autograd ``Function`` per order,
   with in-place and ``addcmul`` kernels (on a (128, 784) activation each elementwise

@@ -17,9 +17,9 @@ gradients, so one autograd call serves all of them.
 
 This generic path is reverse-over-reverse-over-reverse (``autograd.grad`` with
 ``create_graph``). Measured on the 784-784-10 GeLU MLP with B = 128 on 2 CPU cores
-(torch 2.13): 6.7–7.0× a plain gradient, against 14× for nested ``torch.func.jvp``;
+(torch 2.13): 6.3–6.8× a plain gradient, against 14× for nested ``torch.func.jvp``;
 nested ``torch.autograd.forward_ad`` is not supported by torch. Sequential models of
-standard layers take the faster Taylor-mode path of ``sdesam.jet`` instead (3.3–3.4×
+standard layers take the faster Taylor-mode path of ``sdesam.jet`` instead (3.2–3.4×
 a gradient; see ``benchmarks/oracles.py``).
 """
 from __future__ import annotations
