@@ -128,8 +128,11 @@ class EigenSAM(_Perturbed):
             ``"epoch"`` (official code: the counter restarts every ``steps_per_epoch``).
         first_refresh: ``"start"`` (paper Alg. 2: refresh when t₁ mod p = 1, so v̂
             exists from the first step) or ``"after_p"`` (official code: refresh when
-            t₁ mod p = 0; until the first refresh ε = g unnormalised, i.e. USAM).
-        renormalize: use ε/‖ε‖ instead of Eq. 8's unnormalised ε.
+            t₁ mod p = 1 but not at t₁ = 1, i.e. at 0-based counts k = p, 2p, …; until
+            the first refresh of the run ε = g unnormalised, i.e. USAM). With
+            ``p_counting="epoch"`` this is the official schedule (``RefreshSchedule``).
+        renormalize: use ε/‖ε‖ instead of Eq. 8's unnormalised ε (a variant; neither
+            the paper nor the official code renormalises).
         steps_per_epoch: for ``p_counting="epoch"``; default ⌊n/B⌋.
 
     The first estimate is warm-started from a random unit vector drawn from the

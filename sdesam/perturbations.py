@@ -108,9 +108,9 @@ class EigenSAM(PerturbationRule):
 
     Args:
         alpha: strength α ≥ 0 of the explicit alignment (paper default 0.2; α = 0 is SAM).
-        renormalize: if True return ε/‖ε‖ (what a SAM first step that re-normalises its
-            input does, e.g. the official code feeding ε to a standard SAM optimizer).
-            Eq. 8 does not renormalise, so the default is False.
+        renormalize: if True return ε/‖ε‖ (a unit-length variant). Neither Eq. 8 nor the
+            official code renormalises (its SAM first step runs with normalisation off;
+            tests/test_official_replay.py), so the default is False.
 
     ``eigvec`` (v̂) is a unit vector of shape (d,) or (..., d) broadcastable against g.
     sign(0) = 0, so a v̂ orthogonal to g adds nothing; a zero gradient gives ε = 0.

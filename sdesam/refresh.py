@@ -5,9 +5,13 @@ and the training optimizer ``sdesam.optim.EigenSAM``, so that the two switches
 (``p_counting``, ``first_refresh``) mean the same thing in both.
 
 Algorithm 2 keeps a 1-based counter t₁ = 1, 2, … and refreshes v̂ when t₁ mod p = 1,
-so v̂ exists from the first step. The official code (RitianLuo/EigenSAM) instead counts
-within each epoch and refreshes when t₁ mod p = 0; until its first refresh it
-perturbs along the unnormalised gradient (ε = g, USAM). Both are offered.
+so v̂ exists from the first step. The official code (RitianLuo/EigenSAM) counts within
+each epoch and refreshes before the step whose 0-based in-epoch index k satisfies
+``k % p == 0 and k > 0`` — k = p, 2p, …, i.e. t₁ = k + 1 ≡ 1 (mod p) but not t₁ = 1;
+until the very first estimate of the run it perturbs along the unnormalised gradient
+(ε = g, USAM), and afterwards an epoch's first p steps use the previous epoch's v̂.
+Both are offered (``p_counting="epoch", first_refresh="after_p"`` is the official
+schedule, proved by tests/test_official_replay.py).
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ __all__ = ["RefreshSchedule", "P_COUNTINGS", "FIRST_REFRESHES"]
 #: at the start of every epoch of ``steps_per_epoch`` steps (official code).
 P_COUNTINGS = ("global", "epoch")
 #: ``"start"``: refresh at t₁ mod p = 1 (paper, v̂ exists from step one). ``"after_p"``:
-#: refresh at t₁ mod p = 0 (official code, ε = g until the first refresh).
+#: refresh at t₁ mod p = 1 except t₁ = 1, i.e. after the first p steps of each count
+#: (official code; ε = g until the first refresh of the run).
 FIRST_REFRESHES = ("start", "after_p")
 
 
@@ -64,6 +69,6 @@ class RefreshSchedule:
     def refreshes_at(self, step: int) -> bool:
         """Whether v̂ is re-estimated (before the perturbation) at global step ``step``."""
         t1 = self.counter(step)
-        if self.first_refresh == "start":
-            return t1 % self.p == 1 % self.p
-        return t1 % self.p == 0
+        if self.first_refresh == "after_p" and t1 == 1:
+            return False
+        return t1 % self.p == 1 % self.p

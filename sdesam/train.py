@@ -2,6 +2,7 @@
 
     python -m sdesam.train --preset table1 --dataset cifar10 --model resnet18 --method eigen_sam --seed 0
     sdesam train --preset table1_quick --method sam --seed 1
+    sdesam train --preset official --dataset cifar100 --model resnet18 --rho 0.1   # RitianLuo/EigenSAM
     sdesam train --dataset fashion_mnist --model resnet18 --model-kwarg width=8 --method sgd \\
         --epochs 3 --train-subset 2000 --out-dir runs/try
     torchrun --nproc_per_node=8 -m sdesam.train --preset table2 --dataset cifar100 \\
@@ -29,13 +30,14 @@ __all__ = ["main", "add_arguments", "config_from_args", "TrainConfig", "train"]
 
 #: the options each preset needs, in the order of the preset function's arguments (then seed)
 _PRESET_REQUIRED = {"table1": ("dataset", "model", "method"), "table2": ("dataset", "method"),
-                    "table1_quick": ("method",)}
+                    "table1_quick": ("method",), "official": ("dataset", "model")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the trainer's options (one per ``TrainConfig`` field) to ``parser``."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS,
-                        help="start from the paper's settings (table1, table2) or the quick grid cell")
+                        help="start from the paper's settings (table1, table2), the quick grid cell, "
+                             "or the official code's algorithm (official: Eigen-SAM unless --method)")
     parser.add_argument("--weights-path", default=argparse.SUPPRESS,
                         help="table2: local torchvision ViT-B/16 ImageNet-1k checkpoint")
     parser.add_argument("--model-kwarg", action="append", type=key_value, default=argparse.SUPPRESS,

@@ -53,20 +53,20 @@ def test_minibatches_are_distinct_indices_and_cover_the_data():
 
 @pytest.mark.parametrize("p_counting,first_refresh,expected", [
     ("global", "start", [0, 3, 6]),
-    ("global", "after_p", [2, 5]),
-    ("epoch", "start", [0, 3, 4]),          # counter restarts every 4 steps: t₁ = 1 2 3 4 1 2 3
-    ("epoch", "after_p", [2, 6]),
+    ("global", "after_p", [3, 6]),          # official: k % p == 0 and k > 0
+    ("epoch", "start", [0, 3, 4, 7, 8]),    # counter restarts every 4 steps: t₁ = 1 2 3 4 1 2 3 4 1
+    ("epoch", "after_p", [3, 7]),           # in-epoch k = 3; epoch 2 starts with epoch 1's v̂
 ])
 def test_eigen_sam_by_hand(p_counting, first_refresh, expected):
     problem, ref, x = setup()
     p, q, alpha = 3, 2, 0.5
     dyn = EigenSAM(problem, ETA, RHO, alpha, p, q, p_counting=p_counting, first_refresh=first_refresh,
                    steps_per_epoch=4)
-    assert [k for k in range(7) if dyn.refreshes_at(k)] == expected
+    assert [k for k in range(9) if dyn.refreshes_at(k)] == expected
     state = dyn.init_state(seed=SEED)
     v = random_unit_vector((1, 3), generator=seeded_generator(SEED, STREAM_INIT, 0), dtype=DTYPE)[0]
     have_v = False
-    for k in range(7):
+    for k in range(9):
         idx = minibatch(problem, k)
         if k in expected:                              # Algorithm 1, warm-started, current minibatch
             H = ref.hess(x, idx)

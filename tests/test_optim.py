@@ -122,7 +122,7 @@ class HandEigenSAM:
 
     def step(self, net, Xb, Yb):
         ref, x, t1 = Reference(net, Xb, Yb), self.x, self.k + 1
-        if (t1 % self.p == 1 % self.p) if self.first_refresh == "start" else (t1 % self.p == 0):
+        if t1 % self.p == 1 % self.p and (self.first_refresh == "start" or t1 > 1):
             H = Reference(net, Xb, Yb, train=self.hvp_train).hess(x)
             for _ in range(self.q):                             # Algorithm 1, warm start
                 self.v = H @ self.v

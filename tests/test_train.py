@@ -14,7 +14,7 @@ import torch
 from sdesam.data import UnsafePickleError
 from sdesam.errors import NonFiniteStateError
 from sdesam.optim import frozen_running_stats
-from sdesam.training import Callback, TrainConfig, table1, table1_quick, table2, train
+from sdesam.training import Callback, TrainConfig, official, table1, table1_quick, table2, train
 from tests.test_data_idx import write_mnist_style
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +191,33 @@ def test_presets_follow_the_paper():
         TrainConfig(method="adam")
 
 
+def test_official_preset_trains_with_the_official_optimizer(fmnist_dir, tmp_path):
+    """``official`` = Table 1's cell + every official optimizer setting; the trainer builds
+    the optimizer ``EigenSAM.official`` builds (tests/test_official_replay.py replays it)."""
+    from sdesam.optim import EigenSAM
+
+    cfg = official("cifar100", "resnet18", seed=1)
+    assert (cfg.method, cfg.p_counting, cfg.first_refresh, cfg.hvp_mode, cfg.perturbed_bn,
+            cfg.renormalize, cfg.weight_decay, cfg.rho, cfg.p, cfg.q) == (
+        "eigen_sam", "epoch", "after_p", "eval", "zero_momentum", False, 5e-4, 0.1, 100, 5)
+    assert official("cifar10", "resnet18", method="sam").perturbed_bn == "zero_momentum"
+    with pytest.raises(ValueError, match="method"):
+        official("cifar10", "resnet18", method="egr")
+    fields = {k: getattr(cfg, k) for k in ("p_counting", "first_refresh", "hvp_mode", "perturbed_bn",
+                                           "renormalize", "weight_decay")}
+    small = small_config(fmnist_dir, tmp_path / "official", epochs=2, test_subset=20, **fields)
+    result = train(small)
+    opt, model = result.optimizer, result.model
+    reference = EigenSAM.official(model.parameters(), model=model, steps_per_epoch=6, lr=small.lr,
+                                  rho=small.rho, p=small.p, q=small.q)
+    same = lambda o: (o.schedule, o.hvp_mode, o.perturbed_bn, o.rule.renormalize,
+                      o.param_groups[0]["momentum"], o.param_groups[0]["weight_decay"])
+    assert same(opt) == same(reference)
+    assert opt.steps == 12 and opt.has_estimate         # 96 images / 16: refreshes at k = 4 of each epoch
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert int(bn.num_batches_tracked) == 2 * 12         # clean + momentum-0 perturbed pass per step
+
+
 def test_command_line(fmnist_dir, tmp_path, capsys):
     from sdesam.cli import main
 
@@ -214,3 +241,9 @@ def test_command_line(fmnist_dir, tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "sdesam.train", "--preset", "table1_quick", "--method",
                            "sam", "--print-config"], capture_output=True, text=True, cwd=str(ROOT), env=env)
     assert proc.returncode == 0 and json.loads(proc.stdout)["model_kwargs"] == {"width": 8}
+    assert main(["train", "--preset", "official", "--dataset", "cifar100", "--model", "resnet18",
+                 "--rho", "0.1", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["method"], printed["p_counting"], printed["first_refresh"], printed["hvp_mode"],
+            printed["perturbed_bn"], printed["weight_decay"]) == (
+        "eigen_sam", "epoch", "after_p", "eval", "zero_momentum", 5e-4)

@@ -1,10 +1,11 @@
 """Training optimizers of the SAM family, ``torch.optim`` style (DESIGN §3.3).
 
 - ``SAM`` — SAM (Eq. 1), and through ``rule=``: USAM, Reverse-SAM (Appendix A);
-- ``EigenSAM`` — Eigen-SAM (Eq. 7–8, Algorithms 1–2) with switches for the official
-  code's differences;
+- ``EigenSAM`` — Eigen-SAM (Eq. 7–8, Algorithms 1–2); ``EigenSAM.official(...)`` is the
+  official code's algorithm (RitianLuo/EigenSAM), proved by a replay test;
 - ``EGR`` — explicit gradient regularisation, ∇[f + ρ‖∇f‖] (Appendix A);
-- ``frozen_running_stats``, ``eval_mode`` — module-mode helpers for the extra passes.
+- ``frozen_running_stats``, ``zero_momentum``, ``eval_mode`` — module-mode helpers for
+  the extra passes.
 
 All wrap a base optimizer (SGD with momentum 0.9 by default), share its param groups
 (LR schedulers work), save its state in ``state_dict()``, and take a closure that
@@ -15,8 +16,8 @@ refresh schedule (``sdesam.refresh``) with the simulation core.
 from .base import Closure, WrappedOptimizer
 from .egr import EGR
 from .eigen_sam import HVP_MODES, EigenSAM
-from .norm_stats import eval_mode, frozen_running_stats
+from .norm_stats import PERTURBED_BN, eval_mode, frozen_running_stats, zero_momentum
 from .sam import SAM
 
-__all__ = ["SAM", "EigenSAM", "EGR", "HVP_MODES", "WrappedOptimizer", "Closure",
-           "frozen_running_stats", "eval_mode"]
+__all__ = ["SAM", "EigenSAM", "EGR", "HVP_MODES", "PERTURBED_BN", "WrappedOptimizer", "Closure",
+           "frozen_running_stats", "zero_momentum", "eval_mode"]

@@ -12,15 +12,22 @@ The rule is ``sdesam.perturbations.EigenSAM`` and Algorithm 1 is
 ``sdesam.refresh.RefreshSchedule``, so ``p_counting`` and ``first_refresh`` mean the
 same in both. The first v̂ is a random unit vector drawn from ``seed``.
 
-Switches for each documented difference from the official code (RitianLuo/EigenSAM):
+The paper's algorithm is the default. ``EigenSAM.official(...)`` is the official code's
+(RitianLuo/EigenSAM) in one call — tests/test_official_replay.py replays that code's
+training loop step by step and agrees to 1e-12 (parameters and BatchNorm buffers, two
+epochs, float64). It sets:
 
-- ``p_counting="epoch"`` (+ ``steps_per_epoch``): count p within each epoch;
-- ``first_refresh="after_p"``: refresh at t₁ mod p = 0, and perturb with ε = g
-  (unnormalised, USAM) until the first estimate exists;
+- ``p_counting="epoch"`` (+ ``steps_per_epoch``), ``first_refresh="after_p"``: refresh
+  before the in-epoch steps k = p, 2p, … (never k = 0); ε = g (unnormalised, USAM)
+  before the first estimate of the run, then the previous epoch's v̂ until the refresh;
 - ``hvp_mode="eval"``: Hessian-vector products with the model in eval mode
   (BatchNorm running statistics, no dropout) instead of the training-mode loss;
-- ``renormalize=True``: use ε/‖ε‖ (the official code passes ε through a SAM step that
-  normalises it). Its weight decay, 5e-4, is a base-optimizer argument.
+- ``perturbed_bn="zero_momentum"``: the perturbed pass runs with BatchNorm momentum 0;
+- SGD with momentum 0.9 and weight decay 5e-4.
+
+The official code does *not* renormalise ε: it calls its SAM first step with
+normalisation off, so ε is Eq. 8's. ``renormalize=True`` (ε/‖ε‖, unit length) is a
+variant of neither the paper nor the official code.
 
 Cost. Outside refresh steps a step costs what SAM's does (two gradients). At a refresh
 step with ``hvp_mode="train"`` the clean pass builds the double-backward graph once
@@ -62,7 +69,9 @@ class EigenSAM(SAM):
         q: power iterations per refresh (paper 5).
         p_counting, first_refresh, steps_per_epoch: see ``sdesam.refresh.RefreshSchedule``.
         hvp_mode: one of ``HVP_MODES`` (``"eval"`` needs ``model``).
-        renormalize: use ε/‖ε‖ instead of Eq. 8's ε.
+        renormalize: use ε/‖ε‖ instead of Eq. 8's ε (a variant; neither the paper nor
+            the official code does it).
+        perturbed_bn: see ``SAM``.
         seed: seed of the random first v̂ (CPU generator, so it is device-independent).
 
     Attributes:
@@ -79,10 +88,11 @@ class EigenSAM(SAM):
                  p: int = 100, q: int = 5, p_counting: str = "global", first_refresh: str = "start",
                  steps_per_epoch: int | None = None, hvp_mode: str = "train",
                  renormalize: bool = False, seed: int = 0, model=None, sync_perturbation: bool = True,
-                 **base_kwargs):
+                 perturbed_bn: str = "frozen", **base_kwargs):
         super().__init__(params, base_optimizer, rho=rho,
                          rule=perturbations.EigenSAM(alpha, renormalize=renormalize),
-                         model=model, sync_perturbation=sync_perturbation, **base_kwargs)
+                         model=model, sync_perturbation=sync_perturbation, perturbed_bn=perturbed_bn,
+                         **base_kwargs)
         self.schedule = RefreshSchedule(p, p_counting, first_refresh, steps_per_epoch)
         self.q = check_int("q", q, 1)
         self.hvp_mode = check_choice("hvp_mode", hvp_mode, HVP_MODES)
@@ -94,6 +104,28 @@ class EigenSAM(SAM):
         self.eigenvalue: float | None = None
         self.has_estimate = False
         self._estimated_at: int | None = None    # the step whose refresh has been done
+
+    #: the settings ``official()`` fixes (RitianLuo/EigenSAM)
+    OFFICIAL = dict(p_counting="epoch", first_refresh="after_p", hvp_mode="eval",
+                    perturbed_bn="zero_momentum", renormalize=False)
+
+    @classmethod
+    def official(cls, params, *, model, steps_per_epoch: int, lr: float, rho: float = 0.05,
+                 alpha: float = 0.2, p: int = 100, q: int = 5, momentum: float = 0.9,
+                 weight_decay: float = 5e-4, seed: int = 0, sync_perturbation: bool = True) -> "EigenSAM":
+        """The official code's Eigen-SAM (``OFFICIAL`` plus its SGD base optimizer).
+
+        Args:
+            params, model, rho, alpha, p, q, seed, sync_perturbation: as the constructor
+                (``model`` is required: the products run in eval mode).
+            steps_per_epoch: optimizer steps per epoch (the loader's length); p counts
+                within each epoch.
+            lr, momentum, weight_decay: its SGD base optimizer (momentum 0.9, weight
+                decay 5e-4 in the official code).
+        """
+        return cls(params, torch.optim.SGD, rho=rho, alpha=alpha, p=p, q=q, steps_per_epoch=steps_per_epoch,
+                   seed=seed, model=model, sync_perturbation=sync_perturbation, lr=lr, momentum=momentum,
+                   weight_decay=weight_decay, **cls.OFFICIAL)
 
     def add_param_group(self, param_group: dict) -> None:
         if hasattr(self, "eigenvector"):
@@ -187,7 +219,7 @@ class EigenSAM(SAM):
                 "eigenvalue": self.eigenvalue, "has_estimate": self.has_estimate,
                 "estimated_at": self._estimated_at, "q": self.q, "hvp_mode": self.hvp_mode,
                 "p": self.schedule.p, "p_counting": self.schedule.p_counting,
-                "first_refresh": self.schedule.first_refresh}
+                "first_refresh": self.schedule.first_refresh, "perturbed_bn": self.perturbed_bn}
 
     def _load_extra_state(self, state: dict) -> None:
         super()._load_extra_state(state)

@@ -42,8 +42,9 @@ import torch
 from torch import Tensor
 
 from .. import perturbations
+from .._checks import check_choice
 from .base import Closure, WrappedOptimizer
-from .norm_stats import frozen_running_stats
+from .norm_stats import PERTURBED_BN, perturbed_pass_stats
 
 __all__ = ["SAM"]
 
@@ -60,6 +61,10 @@ class SAM(WrappedOptimizer):
         rule: ``"sam"``, ``"usam"``, ``"reverse_sam"`` or a ``PerturbationRule`` that needs
             no eigenvector (use ``EigenSAM`` for Eq. 8).
         model, sync_perturbation: see ``WrappedOptimizer``.
+        perturbed_bn: one of ``PERTURBED_BN`` — ``"frozen"``: the perturbed pass leaves
+            every BatchNorm buffer untouched; ``"zero_momentum"``: BatchNorm momentum 0,
+            so ``num_batches_tracked`` counts that pass too (davda54/sam, official
+            Eigen-SAM code; tests/test_official_replay.py).
         **base_kwargs: ``lr``, ``momentum``, ``weight_decay``, … for the base optimizer.
     """
 
@@ -68,7 +73,8 @@ class SAM(WrappedOptimizer):
     estimates_eigenvector = False
 
     def __init__(self, params, base_optimizer=None, *, rho: float = 0.05, rule="sam",
-                 model=None, sync_perturbation: bool = True, **base_kwargs):
+                 model=None, sync_perturbation: bool = True, perturbed_bn: str = "frozen",
+                 **base_kwargs):
         rule = perturbations.get_rule(rule)
         if rule.needs_eigenvector and not self.estimates_eigenvector:
             raise ValueError(f"rule={rule.name!r} needs an eigenvector estimate: use "
@@ -76,6 +82,7 @@ class SAM(WrappedOptimizer):
         super().__init__(params, base_optimizer, rho=rho, model=model,
                          sync_perturbation=sync_perturbation, **base_kwargs)
         self.rule = rule
+        self.perturbed_bn = check_choice("perturbed_bn", perturbed_bn, PERTURBED_BN)
         self.steps = 0            # completed steps (second_step calls)
         self._backup = None       # the parameters x while they sit at x + ρε
 
@@ -137,7 +144,8 @@ class SAM(WrappedOptimizer):
 
     def _perturbed_pass(self, closure: Closure) -> None:
         """Gradient at x + ρε into ``.grad``, BatchNorm statistics untouched."""
-        context = frozen_running_stats(self.model) if self.model is not None else torch.enable_grad()
+        context = (perturbed_pass_stats(self.model, self.perturbed_bn) if self.model is not None
+                   else torch.enable_grad())
         with context:
             self._evaluate(closure).backward()
 

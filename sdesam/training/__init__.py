@@ -10,8 +10,8 @@ Command line: ``sdesam train ...`` or ``python -m sdesam.train ...`` (see
 from .callbacks import Callback, CallbackContext
 from .config import METHODS, RESUME_MUTABLE_FIELDS, TrainConfig
 from .loop import TrainResult, cross_entropy, train
-from .presets import PRESETS, table1, table1_quick, table2
+from .presets import PRESETS, official, table1, table1_quick, table2
 
 __all__ = ["TrainConfig", "METHODS", "RESUME_MUTABLE_FIELDS", "train", "TrainResult",
            "cross_entropy", "Callback", "CallbackContext", "PRESETS", "table1", "table2",
-           "table1_quick"]
+           "table1_quick", "official"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .._checks import check_choice, check_int, check_nonnegative, check_positive
 from ..data import DATASET_NAMES
 from ..models import MODEL_NAMES
-from ..optim import HVP_MODES
+from ..optim import HVP_MODES, PERTURBED_BN
 from ..refresh import FIRST_REFRESHES, P_COUNTINGS
 
 __all__ = ["TrainConfig", "METHODS", "SCHEDULES", "NORMALIZATIONS", "AMP_MODES",
@@ -62,6 +62,9 @@ class TrainConfig:
         rho: SAM radius ρ (also EGR's coefficient; unused by SGD).
         alpha, p, q, p_counting, first_refresh, hvp_mode, renormalize: Eigen-SAM
             (see ``sdesam.optim.EigenSAM``); unused by other methods.
+        perturbed_bn: how the perturbed pass of SAM, USAM, Reverse-SAM and Eigen-SAM
+            treats BatchNorm buffers, one of ``sdesam.optim.PERTURBED_BN`` (see
+            ``sdesam.optim.SAM``; the ``official`` preset sets ``"zero_momentum"``).
         sync_perturbation: under DDP, perturb with the globally averaged gradient (True)
             or per process (False, m-sharpness).
         drop_last: drop the last incomplete training batch of each epoch (required with
@@ -106,6 +109,7 @@ class TrainConfig:
     first_refresh: str = "start"
     hvp_mode: str = "train"
     renormalize: bool = False
+    perturbed_bn: str = "frozen"
     sync_perturbation: bool = True
     drop_last: bool = True
     seed: int = 0
@@ -134,6 +138,7 @@ class TrainConfig:
         check_choice("p_counting", self.p_counting, P_COUNTINGS)
         check_choice("first_refresh", self.first_refresh, FIRST_REFRESHES)
         check_choice("hvp_mode", self.hvp_mode, HVP_MODES)
+        check_choice("perturbed_bn", self.perturbed_bn, PERTURBED_BN)
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs must be a dict, got model_kwargs={self.model_kwargs!r}")
         if (self.epochs is None) == (self.steps is None):

@@ -174,9 +174,9 @@ class _Run:
         if c.method == "eigen_sam":
             return EigenSAM(params, alpha=c.alpha, p=c.p, q=c.q, p_counting=c.p_counting,
                             first_refresh=c.first_refresh, steps_per_epoch=steps_per_epoch,
-                            hvp_mode=c.hvp_mode, renormalize=c.renormalize,
+                            hvp_mode=c.hvp_mode, renormalize=c.renormalize, perturbed_bn=c.perturbed_bn,
                             seed=derived_seed(c.seed, _STREAM_EIGVEC), **common)
-        return SAM(params, rule=c.method, **common)
+        return SAM(params, rule=c.method, perturbed_bn=c.perturbed_bn, **common)
 
     def make_scheduler(self, optimizer, total_steps: int):
         if self.config.schedule == "constant":

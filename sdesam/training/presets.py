@@ -16,13 +16,20 @@ Appendix E). Every field can still be overridden.
 
 ``table1_quick(method)`` — a small real Table 1 grid cell that runs on 2 CPU cores: see
     ``QUICK`` below and docs/training.md.
+
+``official(dataset, model, method="eigen_sam")`` — the official code's algorithm
+    (RitianLuo/EigenSAM) in one switch: Table 1's cell with the official optimizer
+    settings ``OFFICIAL`` — p counted within each epoch and refreshed at in-epoch steps
+    k = p, 2p, … (ε = g before the first estimate), eval-mode Hessian-vector products,
+    a momentum-0 BatchNorm perturbed pass, weight decay 5e-4 (tests/test_official_replay.py
+    replays that loop). The rest of the run (schedule, augmentation, epochs) is Table 1's.
 """
 from __future__ import annotations
 
 from .._checks import check_choice
 from .config import TrainConfig
 
-__all__ = ["table1", "table2", "table1_quick", "PRESETS", "TABLE1_DATASETS", "TABLE1_MODELS",
+__all__ = ["table1", "table2", "table1_quick", "official", "OFFICIAL", "PRESETS", "TABLE1_DATASETS", "TABLE1_MODELS",
            "TABLE1_METHODS", "TABLE1_RHO", "TABLE1_LR", "TABLE2_DATASETS", "QUICK"]
 
 TABLE1_DATASETS = ("cifar10", "cifar100", "fashion_mnist", "svhn")
@@ -81,5 +88,21 @@ def table1_quick(method: str, seed: int = 0, **overrides) -> TrainConfig:
     return table1(settings.pop("dataset"), settings.pop("model"), method, seed, **settings)
 
 
+#: the official code's optimizer settings (``sdesam.optim.EigenSAM.official`` plus its
+#: weight decay); the BatchNorm setting applies to SAM too (davda54/sam's convention)
+OFFICIAL = dict(p_counting="epoch", first_refresh="after_p", hvp_mode="eval", renormalize=False,
+                perturbed_bn="zero_momentum", weight_decay=5e-4)
+
+
+def official(dataset: str, model: str, seed: int = 0, *, method: str = "eigen_sam",
+             **overrides) -> TrainConfig:
+    """Table 1's cell for ``method`` (one of ``TABLE1_METHODS``) with the official code's
+    optimizer settings ``OFFICIAL``; ``overrides`` replace any field."""
+    check_choice("method", method, TABLE1_METHODS)
+    settings = dict(OFFICIAL, out_dir=f"runs/official/{dataset}-{model}-{method}-s{seed}")
+    settings.update(overrides)
+    return table1(dataset, model, method, seed, **settings)
+
+
 #: name → preset function, for the command line
-PRESETS = {"table1": table1, "table2": table2, "table1_quick": table1_quick}
+PRESETS = {"table1": table1, "table2": table2, "table1_quick": table1_quick, "official": official}
