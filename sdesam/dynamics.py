@@ -103,6 +103,7 @@ def _registry():
         "usam": integrators.USAM,
         "reverse_sam": integrators.ReverseSAM,
         "egr": integrators.EGR,
+        "asam": integrators.ASAM,
         "eigen_sam": integrators.EigenSAM,
         "sgd_sde": sde.SGDSDE,
         "sam_sde2": sde.SAMSDE2,
@@ -110,7 +111,7 @@ def _registry():
     }
 
 
-DYNAMICS = ("sgd", "sam", "usam", "reverse_sam", "egr", "eigen_sam", "sgd_sde", "sam_sde2", "sam_sde3")
+DYNAMICS = ("sgd", "sam", "usam", "reverse_sam", "egr", "asam", "eigen_sam", "sgd_sde", "sam_sde2", "sam_sde3")
 
 
 def make_dynamics(name: str, problem: Problem, **hyperparameters) -> Dynamics:

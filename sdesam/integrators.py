@@ -4,6 +4,7 @@
     SAM (Eq. 1)  x ← x − η ∇f_γ(x + ρ g_γ/‖g_γ‖)
     USAM         x ← x − η ∇f_γ(x + ρ g_γ)
     Reverse-SAM  x ← x − η ∇f_γ(x − ρ g_γ/‖g_γ‖)                   (Appendix A)
+    ASAM         x ← x − η ∇f_γ(x + ρ T²g_γ/‖Tg_γ‖),  T = diag(|x| + ξ)  (Kwon et al. 2021)
     EGR          x ← x − η (g_γ + ρ ∇²f_γ g_γ/‖g_γ‖) = x − η ∇[f_γ + ρ‖∇f_γ‖]
     Eigen-SAM    x ← x − η ∇f_γ(x + ρ ε_γ),  ε_γ = u_γ + α sign(⟨g_γ, v̂⟩) v̂⊥  (Eq. 7–8)
 
@@ -22,7 +23,7 @@ from .dynamics import Dynamics, RunState
 from .problem import Problem, seeded_generator
 from .refresh import RefreshSchedule
 
-__all__ = ["SGD", "SAM", "USAM", "ReverseSAM", "EGR", "EigenSAM", "STREAM_BATCH", "STREAM_NOISE",
+__all__ = ["SGD", "SAM", "USAM", "ReverseSAM", "EGR", "Perturbed", "ASAM", "EigenSAM", "STREAM_BATCH", "STREAM_NOISE",
            "STREAM_INIT"]
 
 # Independent random streams of a run: generator key = (seed, stream, step).
@@ -76,7 +77,7 @@ class _Perturbed(Dynamics):
                         rule: perturbations.PerturbationRule | None = None):
         rule = rule or self.rule
         g = self.problem.gradient(state.x, batch)
-        eps = rule(g, eigvec)
+        eps = rule(g, eigvec, x=state.x)
         state.x.add_(self.problem.gradient(torch.add(state.x, eps, alpha=self.rho), batch), alpha=-self.eta)
 
     def _step(self, state):
@@ -114,6 +115,34 @@ class EGR(_Perturbed):
         batch = step_batches(self.problem, state)
         tv = self.problem.taylor(state.x, batch, self.rule, self.rho, order=1)
         state.x.add_(tv.v, alpha=-self.eta)
+
+
+class Perturbed(_Perturbed):
+    """x ← x − η ∇f_γ(x + ρ ε_γ) for any rule that needs no eigenvector estimate — e.g. a
+    rule of your own (``docs/rules.md``).
+
+    Args:
+        problem, eta, rho: as for SAM.
+        rule: a ``PerturbationRule`` or a rule name; rules with ``needs_point`` get x.
+    """
+
+    name = "perturbed"
+
+    def __init__(self, problem: Problem, eta: float, rho: float, rule="sam"):
+        super().__init__(problem, eta, rho)
+        self.rule = perturbations.get_rule(rule)
+        if self.rule.needs_eigenvector:
+            raise ValueError(f"rule={self.rule!r} needs an eigenvector estimate: use EigenSAM")
+
+
+class ASAM(Perturbed):
+    """Adaptive SAM (Kwon et al. 2021): ε = T²g/‖Tg‖ with T = diag(|x| + ξ), x the
+    current point; ``xi`` = ξ ≥ 0 (0 = davda54/sam's ``adaptive=True``)."""
+
+    name = "asam"
+
+    def __init__(self, problem: Problem, eta: float, rho: float, xi: float = 0.0):
+        super().__init__(problem, eta, rho, rule=perturbations.ASAM(xi))
 
 
 class EigenSAM(_Perturbed):

@@ -106,7 +106,7 @@ def autograd_taylor(loss_fn: Callable[[Tensor], Tensor], x: Tensor, rule: Pertur
     with torch.enable_grad():
         x = _leaf(x)
         g = _grad(loss_fn(x).sum(), x, create_graph=order > 0)
-        eps = rule(g.detach(), eigvec)
+        eps = rule(g.detach(), eigvec, x=x.detach())
         gd = g.detach()
         if order == 0:
             return TaylorVectors(v=gd, g=gd, eps=eps, order=0, rho=rho)

@@ -10,13 +10,15 @@ implementation (paper Sec. 3.2).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 from ._checks import check_nonnegative
 from .curvature.power import accurate_norm
 
-__all__ = ["PerturbationRule", "SAM", "USAM", "ReverseSAM", "EigenSAM", "get_rule"]
+__all__ = ["PerturbationRule", "SAM", "USAM", "ReverseSAM", "EigenSAM", "ASAM", "get_rule"]
 
 
 def _inverse_norm(g: Tensor) -> tuple[Tensor, Tensor]:
@@ -33,31 +35,109 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.einsum("...d,...d->...", a, b).unsqueeze(-1)
 
 
-class PerturbationRule:
-    """Base class. Subclasses implement ``coefficients``.
+def _check_output(rule: "PerturbationRule", what: str, g: Tensor, values) -> None:
+    """Raise a ValueError naming ``rule`` when its output has the wrong shape, or is
+    NaN/Inf for a finite gradient (a non-finite g is left to the dynamics' own check)."""
+    shape = g.shape if what == "ε" else g.shape[:-1] + (1,)
+    for value in values:
+        if value is None:
+            continue
+        if not isinstance(value, Tensor):
+            raise ValueError(f"perturbation rule {rule!r} returned {what} of type "
+                             f"{type(value).__name__}, expected a tensor")
+        try:
+            ok = value.dim() >= 1 and value.shape[-1] == shape[-1] \
+                and len(torch.broadcast_shapes(value.shape, shape)) >= 0
+        except RuntimeError:
+            ok = False
+        if not ok:
+            expected = "the gradient's shape" if what == "ε" else "shape (..., 1)"
+            raise ValueError(f"perturbation rule {rule!r} returned {what} of shape "
+                             f"{tuple(value.shape)} for a gradient of shape {tuple(g.shape)}; "
+                             f"expected {expected} {tuple(shape)}")
+        if not bool(torch.isfinite(value).all()) and bool(torch.isfinite(g).all()):
+            raise ValueError(f"perturbation rule {rule!r} returned a non-finite {what} (NaN or "
+                             "Inf) for a finite gradient")
 
-    Every rule of the family gives ε in the span of g and v̂: ε = a·g + b·v̂, with
-    scalars a, b per leading index. ``coefficients`` returns them and ``__call__`` forms ε;
-    a consumer that must not materialise ε (the training optimizers apply a·g and b·v̂ to
-    each parameter tensor in place) uses the coefficients, so the rule is still defined
-    once.
+
+def _checked(method, what: str):
+    """Wrap a subclass's ``coefficients`` / ``perturbation`` with ``_check_output``."""
+    @functools.wraps(method)
+    def checked(self, g, *args, **kwargs):
+        result = method(self, g, *args, **kwargs)
+        _check_output(self, what, g, result if what == "(a, b)" else (result,))
+        return result
+    checked._checked = True
+    return checked
+
+
+class PerturbationRule:
+    """Base class of the perturbation rules ε_γ = ε(x, g_γ, v̂).
+
+    Two ways to define a rule:
+
+    * the coefficient form (every rule of the paper): ε = a·g + b·v̂ with scalars a, b
+      per leading index. Implement ``coefficients(g, eigvec) -> (a, b)``;
+      ``has_coefficients`` is True. Consumers use (a, b) for their fast paths: the
+      training optimizers apply a·g and b·v̂ to each parameter tensor in place, and
+      ``ModuleProblem`` builds the weight part of ε = a·g in factored form — so ε is
+      never materialised there.
+    * the general form: implement ``perturbation(g, eigvec=None, x=None) -> ε`` (any
+      function of the point x, the gradient g and v̂, shape of g, broadcasting over leading
+      dimensions); ``has_coefficients`` becomes False (set automatically when a subclass
+      defines ``perturbation`` but not ``coefficients``). Set ``needs_point = True`` when
+      ε depends on x. Consumers then materialise ε and use it as a plain direction.
+
+    Every rule is called as ``rule(g, eigvec=None, out=None, x=None) -> ε``. The outputs
+    of subclasses are checked (shape, and NaN/Inf for a finite g) and a mistake raises a
+    ValueError naming the rule.
+
+    ε is held constant when differentiating (never differentiated through x or g), as in
+    SAM's implementation: x ← x − η ∇f_γ(x + ρ ε) evaluates a gradient at a point.
 
     Attributes:
         name: short identifier used in records and configs.
         needs_eigenvector: True when the rule consumes a top-eigenvector estimate v̂.
+        needs_point: True when ε depends on the parameters x (consumers pass ``x=``).
+        has_coefficients: True when ``coefficients`` gives ε = a·g + b·v̂.
     """
 
     name: str = "rule"
     needs_eigenvector: bool = False
+    needs_point: bool = False
+    has_coefficients: bool = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "has_coefficients" not in cls.__dict__ and "perturbation" in cls.__dict__ \
+                and cls.coefficients is PerturbationRule.coefficients:
+            cls.has_coefficients = False
+        for attr, what in (("coefficients", "(a, b)"), ("perturbation", "ε")):
+            method = cls.__dict__.get(attr)
+            if method is not None and not getattr(method, "_checked", False):
+                setattr(cls, attr, _checked(method, what))
 
     def coefficients(self, g: Tensor, eigvec: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(a, b) of shape (..., 1) with ε = a·g + b·v̂; b is None when v̂ is not used."""
-        raise NotImplementedError  # pragma: no cover
+        raise TypeError(f"perturbation rule {self!r} has no coefficient form "
+                        "(has_coefficients=False): call rule(g, eigvec, x=x)")
 
-    def __call__(self, g: Tensor, eigvec: Tensor | None = None, out: Tensor | None = None) -> Tensor:
-        """ε = a·g + b·v̂, optionally written into ``out`` (shape of g) without temporaries."""
+    def perturbation(self, g: Tensor, eigvec: Tensor | None = None, x: Tensor | None = None) -> Tensor:
+        """ε for the gradient g (..., d) at the point x (..., d), shape of g."""
         a, b = self.coefficients(g, eigvec)
-        return self.combine(g, a, b, eigvec, out)
+        return self.combine(g, a, b, eigvec)
+
+    def __call__(self, g: Tensor, eigvec: Tensor | None = None, out: Tensor | None = None,
+                 x: Tensor | None = None) -> Tensor:
+        """ε, optionally written into ``out`` (shape of g); coefficient rules form
+        a·g + b·v̂ there without temporaries."""
+        if self.needs_point and x is None:
+            raise ValueError(f"perturbation rule {self!r} depends on the point: pass x=, got x=None")
+        if self.has_coefficients:
+            a, b = self.coefficients(g, eigvec)
+            return self.combine(g, a, b, eigvec, out)
+        eps = self.perturbation(g, eigvec, x)
+        return eps if out is None else out.copy_(eps)
 
     @staticmethod
     def combine(g: Tensor, a: Tensor, b: Tensor | None, eigvec: Tensor | None = None,
@@ -151,11 +231,49 @@ class EigenSAM(PerturbationRule):
         return {"rule": self.name, "alpha": self.alpha, "renormalize": self.renormalize}
 
 
-_RULES = {"sam": SAM, "usam": USAM, "reverse_sam": ReverseSAM, "eigen_sam": EigenSAM}
+class ASAM(PerturbationRule):
+    """Adaptive SAM (Kwon et al. 2021): ε = T²g/‖Tg‖ with T = diag(|x| + ξ).
+
+    Args:
+        xi: ξ ≥ 0 added to |x|. ξ = 0 (default) is davda54/sam's ``adaptive=True``
+            (e_w = ρ·x²·g/‖|x|·g‖ with the norm over all parameters); Kwon et al.'s own
+            code uses ξ = 0.01 (and leaves biases unscaled, which this rule does not).
+
+    x and g have shape (..., d) (x broadcasts against g). Tg = 0 (a zero gradient, or
+    x = 0 with ξ = 0) gives ε = 0. ε depends on x elementwise, so the rule has no
+    coefficient form: consumers materialise ε. ‖ε‖ is not 1: x̃ = x + ρε lies on the
+    ellipsoid ‖T⁻¹(x̃ − x)‖ = ρ.
+    """
+
+    name = "asam"
+    needs_point = True
+
+    def __init__(self, xi: float = 0.0):
+        self.xi = check_nonnegative("xi", xi)
+
+    def perturbation(self, g, eigvec=None, x=None):
+        if x is None:
+            raise ValueError("ASAM depends on the point: pass x=, got x=None")
+        if x.shape[-1] != g.shape[-1]:
+            raise ValueError(f"x has dimension {x.shape[-1]} but the gradient has {g.shape[-1]}")
+        t = x.abs() + self.xi if self.xi else x.abs()
+        tg = t * g
+        inv = _inverse_norm(tg)[1]
+        return tg.mul_(t).mul_(inv)
+
+    def __repr__(self):
+        return f"ASAM(xi={self.xi})"
+
+    def config(self):
+        return {"rule": self.name, "xi": self.xi}
+
+
+_RULES = {"sam": SAM, "usam": USAM, "reverse_sam": ReverseSAM, "eigen_sam": EigenSAM, "asam": ASAM}
 
 
 def get_rule(rule) -> PerturbationRule:
-    """Accept a rule instance or its name (``"sam"``, ``"usam"``, ``"reverse_sam"``, ``"eigen_sam"``)."""
+    """Accept a rule instance or its name (``"sam"``, ``"usam"``, ``"reverse_sam"``,
+    ``"eigen_sam"``, ``"asam"``)."""
     if isinstance(rule, PerturbationRule):
         return rule
     if rule in _RULES:

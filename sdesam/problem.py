@@ -422,12 +422,15 @@ class ModuleProblem(Problem):
             grads = torch.autograd.grad(loss, leaves + [acts[k + 1] for k in factorable],
                                         retain_graph=order > 0)
             g = self._flat(grads[:len(leaves)], rows["g"])
-            a, b = rule.coefficients(g, eigvec)
-            eps = rule.combine(g, a, b, eigvec, out=rows["eps"])
+            if rule.has_coefficients:
+                a, b = rule.coefficients(g, eigvec)
+                eps = rule.combine(g, a, b, eigvec, out=rows["eps"])
+            else:                                       # a general rule: ε materialised
+                eps = rule(g, eigvec, out=rows["eps"], x=x)
             if order == 0:
                 rows["v"].copy_(g)
                 return
-            factors = {} if b is not None else {
+            factors = {} if not rule.has_coefficients or b is not None else {
                 k: LowRankWeightTangent(a, delta, acts[k].detach())
                 for k, delta in zip(factorable, grads[len(leaves):])}
             l1, l2 = self._jet.directional(params, self.unflatten(eps), acts, targets, order, factors)

@@ -158,7 +158,7 @@ def test_fashion_from_torchvision_layout(tmp_path):
 def test_fashion_missing(tmp_path, monkeypatch):
     monkeypatch.setattr("sdesam.data.fashion_mnist.DEBIAN_DIR", tmp_path / "no-debian")
     with pytest.raises(DatasetNotFoundError, match="dataset-fashion-mnist") as info:
-        load_fashion_mnist(tmp_path / "empty")
+        load_fashion_mnist(tmp_path / "empty", download=False)
     assert str(tmp_path / "empty") in str(info.value)
 
 

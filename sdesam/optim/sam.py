@@ -3,7 +3,8 @@
     g = ∇f_γ(x),   ε = rule(g),   x ← base_step(x, ∇f_γ(x + ρ ε))
 
 with ``rule`` one of ``sdesam.perturbations``: ``"sam"`` (ε = g/‖g‖, Eq. 2),
-``"usam"`` (ε = g), ``"reverse_sam"`` (ε = −g/‖g‖, Appendix A). ε is computed once on
+``"usam"`` (ε = g), ``"reverse_sam"`` (ε = −g/‖g‖, Appendix A), ``"asam"`` (ε = T²g/‖Tg‖,
+T = diag(|x| + ξ); Kwon et al. 2021). ε is computed once on
 the flat vector of all trainable parameters (the global norm), and each param group
 moves by its own ρ: x̃ = x + ρ_group ε. With a plain SGD base optimizer (no momentum,
 no weight decay) one step is exactly Eq. 1 with η = lr.
@@ -58,8 +59,9 @@ class SAM(WrappedOptimizer):
             momentum 0.9 (override with ``momentum=``).
         rho: SAM radius ρ ≥ 0 (paper: 0.05 CIFAR-10 / Fashion-MNIST, 0.1 CIFAR-100,
             0.01 SVHN).
-        rule: ``"sam"``, ``"usam"``, ``"reverse_sam"`` or a ``PerturbationRule`` that needs
-            no eigenvector (use ``EigenSAM`` for Eq. 8).
+        rule: ``"sam"``, ``"usam"``, ``"reverse_sam"``, ``"asam"`` or a ``PerturbationRule``
+            that needs no eigenvector (use ``EigenSAM`` for Eq. 8); a rule that depends on
+            the point (``needs_point``, e.g. ``ASAM``) gets the flat parameters as x.
         model, sync_perturbation: see ``WrappedOptimizer``.
         perturbed_bn: one of ``PERTURBED_BN`` — ``"frozen"``: the perturbed pass leaves
             every BatchNorm buffer untouched; ``"zero_momentum"``: BatchNorm momentum 0,
@@ -94,6 +96,8 @@ class SAM(WrappedOptimizer):
 
     def perturbation(self, g: Tensor) -> Tensor:
         """ε for the flat gradient ``g`` (d,), before scaling by ρ."""
+        if not self.rule.has_coefficients:
+            return self.rule(g, x=self._flatten([p.detach() for p in self._params()]))
         a, b, v = self._coefficients(g)
         return perturbations.PerturbationRule.combine(g, a, b, v)
 
@@ -111,11 +115,23 @@ class SAM(WrappedOptimizer):
                 p.addcmul_(v_piece, (rho * b).to(p.dtype))
 
     @torch.no_grad()
+    def _ascend_along(self, eps: Tensor) -> None:
+        """Save x and move every parameter to x + ρ_group ε, for a rule without the
+        coefficient form (ε materialised as one flat vector)."""
+        params = self._params()
+        self._backup = [p.detach().clone() for p in params]
+        for p, rho, piece in zip(params, self._rhos(), self._split(eps)):
+            p.add_(piece, alpha=rho)
+
+    @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """x → x + ρ ε(g), with g the gradients currently in ``.grad`` (the clean pass)."""
         if self._backup is not None:
             raise RuntimeError("first_step() called twice: call second_step() in between")
-        self._ascend(*self._coefficients(self.flat_grad()))
+        if self.rule.has_coefficients:
+            self._ascend(*self._coefficients(self.flat_grad()))
+        else:
+            self._ascend_along(self.perturbation(self.flat_grad()))
         if zero_grad:
             self.zero_grad()
 
