@@ -5,7 +5,10 @@ The small public surface (everything else lives in the submodules named below):
 * problems:  ``FunctionProblem`` (toy losses), ``ModuleProblem`` (any ``nn.Module``)
 * dynamics:  ``make_dynamics(name, problem, **hyperparameters)`` with ``DYNAMICS``
   (``sgd``, ``sam``, ``usam``, ``reverse_sam``, ``egr``, ``eigen_sam``, ``sgd_sde``,
-  ``sam_sde2``, ``sam_sde3``); classes in ``sdesam.integrators`` and ``sdesam.sde``
+  ``sam_sde2``, ``sam_sde3``; the paper's causal chain: ``aligned_sde5`` and
+  ``aligned_sde6`` (Corollary 4.1.1, Eq. 5–6), ``eigen_sam_sde`` (an Eigen-SAM SDE) and
+  ``ideal_eigen_sam`` (Eigen-SAM with an exact eigenvector every step)); classes in
+  ``sdesam.integrators`` and ``sdesam.sde``, minibatch eigenpairs in ``sdesam.eigenpairs``
 * running:   ``simulate``, ``run_trajectory``, ``read_records``
 * rules:     ``sdesam.perturbations`` (SAM, USAM, ReverseSAM, EigenSAM)
 * errors:    ``NonFiniteStateError``

@@ -108,10 +108,15 @@ def _registry():
         "sgd_sde": sde.SGDSDE,
         "sam_sde2": sde.SAMSDE2,
         "sam_sde3": sde.SAMSDE3,
+        "ideal_eigen_sam": integrators.IdealEigenSAM,
+        "aligned_sde5": sde.AlignedSDE5,
+        "aligned_sde6": sde.AlignedSDE6,
+        "eigen_sam_sde": sde.EigenSAMSDE,
     }
 
 
-DYNAMICS = ("sgd", "sam", "usam", "reverse_sam", "egr", "asam", "eigen_sam", "sgd_sde", "sam_sde2", "sam_sde3")
+DYNAMICS = ("sgd", "sam", "usam", "reverse_sam", "egr", "asam", "eigen_sam", "sgd_sde", "sam_sde2", "sam_sde3",
+            "ideal_eigen_sam", "aligned_sde5", "aligned_sde6", "eigen_sam_sde")
 
 
 def make_dynamics(name: str, problem: Problem, **hyperparameters) -> Dynamics:

@@ -7,6 +7,7 @@
     ASAM         x ← x − η ∇f_γ(x + ρ T²g_γ/‖Tg_γ‖),  T = diag(|x| + ξ)  (Kwon et al. 2021)
     EGR          x ← x − η (g_γ + ρ ∇²f_γ g_γ/‖g_γ‖) = x − η ∇[f_γ + ρ‖∇f_γ‖]
     Eigen-SAM    x ← x − η ∇f_γ(x + ρ ε_γ),  ε_γ = u_γ + α sign(⟨g_γ, v̂⟩) v̂⊥  (Eq. 7–8)
+    ideal Eigen-SAM: Eigen-SAM with an exact top eigenvector every step (``IdealEigenSAM``)
 
 Every step draws one fresh minibatch per trajectory, i.i.d. across steps (uniform
 B-subsets, as the SDE theory assumes), from the generator keyed (seed, step).
@@ -17,17 +18,19 @@ import torch
 from torch import Tensor
 
 from . import perturbations
-from ._checks import check_int, check_nonnegative
+from ._checks import check_choice, check_int, check_nonnegative
 from .curvature.power import power_iteration, random_unit_vector
 from .dynamics import Dynamics, RunState
+from .eigenpairs import MAX_DENSE_DIM, EigenSolverMixin, check_hessian_subset, top_eigenvector
 from .problem import Problem, seeded_generator
 from .refresh import RefreshSchedule
 
 __all__ = ["SGD", "SAM", "USAM", "ReverseSAM", "EGR", "Perturbed", "ASAM", "EigenSAM", "STREAM_BATCH", "STREAM_NOISE",
-           "STREAM_INIT"]
+           "STREAM_INIT", "STREAM_EIGEN", "IdealEigenSAM"]
 
 # Independent random streams of a run: generator key = (seed, stream, step).
 STREAM_BATCH, STREAM_NOISE, STREAM_INIT = 0, 1, 2
+STREAM_EIGEN = 3          # Lanczos start vectors of the eigenvector-driven dynamics
 
 
 def draw_batches(problem: Problem, seed: int, index: int, num_trajectories: int,
@@ -210,3 +213,47 @@ class EigenSAM(_Perturbed):
             self._perturbed_step(state, batch, rule=perturbations.USAM())
         else:
             self._perturbed_step(state, batch, state.extra["eigvec"])
+
+
+class IdealEigenSAM(EigenSolverMixin, _Perturbed):
+    """"Ideal" Eigen-SAM: Eq. 1 with Eigen-SAM's ε_γ (Eq. 7–8) and an exact eigenvector
+    at every step — the discrete process that ``sde.EigenSAMSDE`` models.
+
+        x ← x − η ∇f_γ(x + ρ ε_γ),   ε_γ = u_γ + α·sign⟨g_γ, v⟩·v⊥,  v⊥ = v − ⟨v, u_γ⟩u_γ,
+
+    where v is the top (largest algebraic) eigenvector, recomputed every step, of the
+    full-batch Hessian ∇²f(x) (``eigvec_source="full"``: exact over the enumerated
+    minibatches of a toy, or over ``hessian_subset`` training examples of a
+    ``ModuleProblem``, all n when None) or of the step's minibatch Hessian H_γ
+    (``"minibatch"``). Unlike Algorithm 2 there is no refresh interval and no power
+    iteration: the eigenvector is exact (dense ``eigh``) or converged Lanczos
+    (residual ≤ ``eig_tol``·‖H‖, warm-started from the previous step).
+
+    ``last_eigenpairs`` holds the step's ``eigenpairs.TopEigenpairs`` (gap, residual).
+    """
+
+    name = "ideal_eigen_sam"
+
+    def __init__(self, problem: Problem, eta: float, rho: float, alpha: float = 0.2, *,
+                 eigvec_source: str = "full", hessian_subset: Tensor | None = None, eig_method: str = "auto",
+                 eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int = MAX_DENSE_DIM):
+        super().__init__(problem, eta, rho)
+        self.rule = perturbations.EigenSAM(alpha)
+        self.eigvec_source = check_choice("eigvec_source", eigvec_source, {"full", "minibatch"})
+        self.hessian_subset = check_hessian_subset(problem, hessian_subset) if eigvec_source == "full" else None
+        self._init_eigensolver(eig_method, eig_tol, eig_max_iters, max_dense_dim)
+        self.last_eigenpairs = None
+
+    def config(self):
+        sub = None if self.hessian_subset is None else int(self.hessian_subset.numel())
+        return {**super().config(), "eigvec_source": self.eigvec_source, "hessian_subset_size": sub,
+                **self._eig_config()}
+
+    def _step(self, state):
+        self._warm = state.extra.get("eig_warm")
+        batch = step_batches(self.problem, state)                     # (M, B)
+        eig = top_eigenvector(self, state.x, state.x, batch, state.step, state.seed)
+        self.last_eigenpairs = eig
+        if self.eig_method == "lanczos":
+            state.extra["eig_warm"] = eig.vector.clone()
+        self._perturbed_step(state, batch, eig.vector)

@@ -18,7 +18,7 @@ from torch import Tensor
 from ._checks import check_nonnegative
 from .curvature.power import accurate_norm
 
-__all__ = ["PerturbationRule", "SAM", "USAM", "ReverseSAM", "EigenSAM", "ASAM", "get_rule"]
+__all__ = ["PerturbationRule", "SAM", "USAM", "ReverseSAM", "EigenSAM", "ASAM", "Direction", "get_rule"]
 
 
 def _inverse_norm(g: Tensor) -> tuple[Tensor, Tensor]:
@@ -279,3 +279,23 @@ def get_rule(rule) -> PerturbationRule:
     if rule in _RULES:
         return _RULES[rule]()
     raise ValueError(f"rule must be a PerturbationRule or one of {sorted(_RULES)}, got rule={rule!r}")
+
+
+class Direction(PerturbationRule):
+    """ε = v̂, the given direction itself (coefficients a = 0, b = 1), whatever g is.
+
+    Not a training rule: it lets the Taylor machinery evaluate ∇²f_γ v̂ and
+    ∇³f_γ[v̂, v̂] (the components h and t with ε = v̂) for a chosen direction, e.g. the
+    top eigenvector v₁ of H_γ, where ∇³f_γ[v₁, v₁] = ∇λ₁(H_γ) (paper Corollary 4.1.1).
+    ``eigvec`` has shape (d,) or (..., d), broadcastable against g.
+    """
+
+    name = "direction"
+    needs_eigenvector = True
+
+    def coefficients(self, g, eigvec=None):
+        if eigvec is None:
+            raise ValueError("Direction needs the direction: eigvec=None")
+        if eigvec.shape[-1] != g.shape[-1]:
+            raise ValueError(f"eigvec has dimension {eigvec.shape[-1]} but the gradient has {g.shape[-1]}")
+        return torch.zeros_like(g[..., :1]), torch.ones_like(g[..., :1])

@@ -42,14 +42,16 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_int, check_nonnegative
+from ._checks import check_choice, check_int, check_nonnegative, check_positive
 from .dynamics import Dynamics, RunState
-from .integrators import STREAM_NOISE, draw_batches
+from .eigenpairs import EigenSolverMixin
+from .integrators import STREAM_EIGEN, STREAM_NOISE, draw_batches
 from .oracles import check_order
 from .perturbations import get_rule
 from .problem import Problem, derived_seed, seeded_generator
 
-__all__ = ["SAMFamilySDE", "SGDSDE", "SAMSDE2", "SAMSDE3"]
+__all__ = ["SAMFamilySDE", "SGDSDE", "SAMSDE2", "SAMSDE3", "AlignedSDE", "AlignedSDE5", "AlignedSDE6",
+           "EigenSAMSDE"]
 
 
 class SAMFamilySDE(Dynamics):
@@ -74,6 +76,10 @@ class SAMFamilySDE(Dynamics):
 
     noise_type = "general"
     sde_type = "ito"
+    #: subclasses that compute the eigenvector a rule needs (``EigenSAMSDE``) set this
+    supplies_eigenvector = False
+    #: whether the drift needs the components h, t of the Taylor vectors (``AlignedSDE``)
+    taylor_components = False
 
     def __init__(self, problem: Problem, eta: float, rho: float = 0.0, order: int = 2, *,
                  rule="sam", n_batches: int | str = 8, substeps: int = 1,
@@ -83,7 +89,7 @@ class SAMFamilySDE(Dynamics):
         self.rho = check_nonnegative("rho", rho)
         self.order = check_order(order)
         self.rule = get_rule(rule)
-        if self.rule.needs_eigenvector:
+        if self.rule.needs_eigenvector and not self.supplies_eigenvector:
             raise ValueError(f"the SDEs support rules without an eigenvector estimate, got {self.rule!r}")
         if n_batches == "exact":
             self.exact = True
@@ -138,8 +144,7 @@ class SAMFamilySDE(Dynamics):
             return self._cache[2], self._cache[3]
         M = y.shape[0]
         batches = self._batches(M, index)
-        tv = self.problem.taylor(y[:, None, :], batches, self.rule, self.rho, self.order,
-                                 components=self.diffusion == "paper")
+        tv = self._taylor(y[:, None, :], batches, index)
         K = tv.v.shape[1]
         denom = K if self.exact else K - 1               # population vs. unbiased covariance
         scale = math.sqrt(self.eta) * self.noise_correction
@@ -148,9 +153,21 @@ class SAMFamilySDE(Dynamics):
             factor = (tv.v - vbar[:, None]).transpose(1, 2) * (scale / math.sqrt(denom))
         else:
             factor = self._paper_factor(tv, denom) * scale
-        drift = -vbar
+        w = self._drift_vectors(tv, y[:, None, :], batches, index)
+        drift = -(vbar if w is tv.v else w.mean(1))
         self._cache = (index, y.clone(), drift, factor)
         return drift, factor
+
+    def _taylor(self, x: Tensor, batches: Tensor, index: int):
+        """Per-minibatch Taylor vectors at x (M, 1, d) for ``batches`` (hook: a subclass
+        may supply the rule's eigenvector)."""
+        return self.problem.taylor(x, batches, self.rule, self.rho, self.order,
+                                   components=self.taylor_components or self.diffusion == "paper")
+
+    def _drift_vectors(self, tv, x: Tensor, batches: Tensor, index: int) -> Tensor:
+        """Per-minibatch vectors w_γ (M, K, d) whose mean is minus the drift (hook; the
+        SAM family's is v^order itself, which the diffusion's covariance is also made of)."""
+        return tv.v
 
     def _paper_factor(self, tv, denom: int) -> Tensor:
         """A factor F (M, d, (order+1)K) with F Fᵀ = PSD part of the table's Σ̂."""
@@ -257,3 +274,170 @@ class SAMSDE3(SAMFamilySDE):
 
     def __init__(self, problem, eta, rho, **kwargs):
         super().__init__(problem, eta, rho, order=2, **kwargs)
+
+
+# ------------------------------------------------------------------------------------
+# Corollary 4.1.1's aligned-limit SDEs (paper Eq. 5–6) and an Eigen-SAM SDE (DESIGN §3.3b)
+# ------------------------------------------------------------------------------------
+class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
+    """The aligned-limit SDEs of Corollary 4.1.1 (paper Eq. 5 and Eq. 6).
+
+    With H_γ = ∇²f_γ(x), (λ₁, v₁) its top (largest algebraic) eigenpair per minibatch,
+    u_γ = g_γ/‖g_γ‖ and s* = sign⟨g_γ, v₁⟩ (sign 0 = 0):
+
+        Eq. 5  drift −E[g_γ + ρ H_γ u_γ + (ρ²/2) ∇³f_γ[v₁, v₁]]
+        Eq. 6  drift −E[g_γ + ρ s* λ₁ v₁ + (ρ²/2) ∇³f_γ[v₁, v₁]]
+
+    ρH_γu_γ = ρ∇‖∇f_γ‖ and ∇³f_γ[v₁, v₁] = ∇λ₁(H_γ) (simple λ₁, Assumption B.2); both
+    are invariant under v₁ → −v₁. The diffusion is SAM-SDE3's (Eq. 4) in either
+    representation (``diffusion="taylor"``: Cov of SAM's Taylor vectors v²; ``"paper"``:
+    the table formula): only the drift changes. When every u_γ = ±v₁ both drifts equal
+    SAM-SDE3's. H_γu_γ and ∇³f_γ[v₁, v₁] come from the problem's Taylor oracles (SAM's
+    with ``components=True``, and ``perturbations.Direction`` with ε = v₁).
+
+    v₁ per minibatch and sub-step: ``sdesam.eigenpairs.minibatch_top_eigenpairs``
+    (dense float64 ``eigh`` when d ≤ ``max_dense_dim``, else Lanczos warm-started from
+    the previous sub-step's v₁ of the same minibatch slot, residual ≤ ``eig_tol``·‖H_γ‖).
+
+    Diagnostics: ``eigen_history`` gets one dict per sub-step (sub-step index, smallest
+    gap λ₁ − λ₂ and smallest relative gap (λ₁ − λ₂)/‖H_γ‖ over the minibatches, largest
+    residual ‖H_γ v₁ − λ₁ v₁‖ computed from the oracle's H_γ v₁, mean λ₁, products spent),
+    and a ``RuntimeWarning`` is issued once, naming the sub-step and step, when a
+    relative gap falls below ``gap_rtol`` (∇λ₁ is then ill-conditioned).
+
+    Args:
+        form: ``"eq5"`` or ``"eq6"``.
+        eig_method, eig_tol, eig_max_iters, max_dense_dim: the eigensolver.
+        gap_rtol: relative gap below which the warning fires.
+        other keyword arguments: as ``SAMFamilySDE`` (the rule is SAM's, the order 2).
+    """
+
+    name = "aligned_sde"
+    taylor_components = True
+
+    def __init__(self, problem: Problem, eta: float, rho: float, *, form: str = "eq5", eig_method: str = "auto",
+                 eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int | None = None,
+                 gap_rtol: float = 1e-3, **kwargs):
+        from .eigenpairs import MAX_DENSE_DIM
+        super().__init__(problem, eta, rho, order=2, rule="sam", **kwargs)
+        self.form = check_choice("form", form, {"eq5", "eq6"})
+        self._init_eigensolver(eig_method, eig_tol, eig_max_iters,
+                               MAX_DENSE_DIM if max_dense_dim is None else max_dense_dim)
+        self.gap_rtol = check_nonnegative("gap_rtol", gap_rtol)
+        self.eigen_history: list[dict] = []
+        self._warned = False
+
+    def config(self):
+        return {**super().config(), "form": self.form, **self._eig_config(), "gap_rtol": self.gap_rtol}
+
+    def _drift_vectors(self, tv, x, batches, index):
+        from .eigenpairs import minibatch_top_eigenpairs
+        from .perturbations import Direction
+        S = tv.g.shape[:-1]
+        gen = seeded_generator(self.seed, STREAM_EIGEN, index, device=self.problem.device)
+        eig = minibatch_top_eigenpairs(self.problem, x, batches, method=self.eig_method, tol=self.eig_tol,
+                                       max_iters=self.eig_max_iters, v0=self._warm_start(tv.g.shape),
+                                       max_dense_dim=self.max_dense_dim, generator=gen)
+        v1 = eig.vector.expand(*S, self.problem.dim)
+        if self.eig_method == "lanczos":
+            self._warm = v1.clone()
+        tv1 = self.problem.taylor(x, batches, Direction(), self.rho, 2, eigvec=v1, components=True)
+        self._record(index, eig, tv1.h, v1)
+        if self.form == "eq5":
+            w = tv.g + self.rho * tv.h
+        else:
+            s = torch.einsum("...d,...d->...", tv.g, v1).sign()
+            w = tv.g + (self.rho * s * eig.value)[..., None] * v1
+        return w.add_(tv1.t, alpha=0.5 * self.rho * self.rho)
+
+    def _record(self, index: int, eig, hv: Tensor, v1: Tensor) -> None:
+        residual = torch.linalg.vector_norm(hv - eig.value[..., None] * v1, dim=-1)
+        rel_gap = eig.gap / eig.scale.clamp_min(torch.finfo(eig.scale.dtype).tiny)
+        row = {"substep": index, "step": index // self.substeps, "gap_min": float(eig.gap.min()),
+               "relative_gap_min": float(rel_gap.min()), "residual_max": float(residual.max()),
+               "relative_residual_max": float((residual / eig.scale.clamp_min(
+                   torch.finfo(eig.scale.dtype).tiny)).max()),
+               "lambda1_mean": float(eig.value.mean()), "eig_hvps": eig.num_hvps}
+        self.eigen_history.append(row)
+        if not self._warned and row["relative_gap_min"] < self.gap_rtol:
+            self._warned = True
+            import warnings
+            warnings.warn(f"{self.name}: at sub-step {index} (step {row['step']}) a minibatch Hessian has "
+                          f"relative eigen-gap (λ₁ − λ₂)/‖H‖ = {row['relative_gap_min']:.3g} < gap_rtol="
+                          f"{self.gap_rtol}: λ₁ is nearly repeated and ∇λ₁ = ∇³f[v₁, v₁] is ill-conditioned "
+                          "(Assumption B.2)", RuntimeWarning, stacklevel=2)
+
+
+class AlignedSDE5(AlignedSDE):
+    """Corollary 4.1.1, paper Eq. 5: drift −[∇f + ρE H_γu_γ + (ρ²/2)E∇λ₁(H_γ)], Σ^SAM."""
+
+    name = "aligned_sde5"
+
+    def __init__(self, problem, eta, rho, **kwargs):
+        super().__init__(problem, eta, rho, form="eq5", **kwargs)
+
+
+class AlignedSDE6(AlignedSDE):
+    """Corollary 4.1.1, paper Eq. 6: drift −[∇f + ρE s*λ₁v₁ + (ρ²/2)E∇λ₁(H_γ)], Σ^SAM."""
+
+    name = "aligned_sde6"
+
+    def __init__(self, problem, eta, rho, **kwargs):
+        super().__init__(problem, eta, rho, form="eq6", **kwargs)
+
+
+class EigenSAMSDE(EigenSolverMixin, SAMFamilySDE):
+    """The third-order SDE of Eigen-SAM's update (not in the paper; docs/eigen_sam_sde.md).
+
+    Derived as Eq. 4 with Eigen-SAM's perturbation (Eq. 7–8)
+    ε_γ = u_γ + α·sign⟨g_γ, v⟩·v⊥ (v⊥ = v − ⟨v, u_γ⟩u_γ, not renormalised):
+
+        drift −E[g_γ + ρH_γε_γ + (ρ²/2)∇³f_γ(ε_γ, ε_γ)],   diffusion Cov of the same vectors,
+
+    with v an exact top eigenvector: of the full-batch Hessian ∇²f(X_t)
+    (``eigvec_source="full"``, default; exact by enumerating the minibatches of a toy,
+    or the Hessian over ``hessian_subset`` training examples of a ``ModuleProblem``,
+    all of them when None) or of each minibatch Hessian H_γ (``"minibatch"``). It models
+    ``integrators.IdealEigenSAM`` (Eq. 1 with that ε_γ every step). α = 0 is SAM-SDE3.
+
+    Args:
+        alpha: α ≥ 0 (paper 0.2).
+        eigvec_source: ``"full"`` or ``"minibatch"``.
+        hessian_subset: LongTensor of training indices for ``"full"`` on a ModuleProblem.
+        eig_method, eig_tol, eig_max_iters, max_dense_dim: the eigensolver
+            (``sdesam.eigenpairs``); Lanczos is warm-started from the previous sub-step.
+        other keyword arguments: as ``SAMFamilySDE`` (order 2).
+    """
+
+    name = "eigen_sam_sde"
+    supplies_eigenvector = True
+
+    def __init__(self, problem: Problem, eta: float, rho: float, alpha: float = 0.2, *,
+                 eigvec_source: str = "full", hessian_subset: Tensor | None = None, eig_method: str = "auto",
+                 eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int | None = None, **kwargs):
+        from .eigenpairs import MAX_DENSE_DIM, check_hessian_subset
+        from .perturbations import EigenSAM
+        if "rule" in kwargs:
+            raise ValueError("EigenSAMSDE sets its own rule (Eigen-SAM with alpha); got rule="
+                             f"{kwargs['rule']!r}")
+        super().__init__(problem, eta, rho, order=2, rule=EigenSAM(alpha), **kwargs)
+        self.eigvec_source = check_choice("eigvec_source", eigvec_source, {"full", "minibatch"})
+        self.hessian_subset = check_hessian_subset(problem, hessian_subset) if eigvec_source == "full" else None
+        self._init_eigensolver(eig_method, eig_tol, eig_max_iters,
+                               MAX_DENSE_DIM if max_dense_dim is None else max_dense_dim)
+        self.last_eigenpairs = None
+
+    def config(self):
+        sub = None if self.hessian_subset is None else int(self.hessian_subset.numel())
+        return {**super().config(), "eigvec_source": self.eigvec_source, "hessian_subset_size": sub,
+                **self._eig_config()}
+
+    def _taylor(self, x, batches, index):
+        from .eigenpairs import top_eigenvector
+        eig = top_eigenvector(self, x[:, 0], x, batches, index, self.seed)
+        self.last_eigenpairs = eig
+        v = eig.vector[:, None, :] if self.eigvec_source == "full" else eig.vector
+        if self.eig_method == "lanczos":
+            self._warm = eig.vector.clone()
+        return self.problem.taylor(x, batches, self.rule, self.rho, self.order, eigvec=v,
+                                   components=self.diffusion == "paper")

@@ -114,3 +114,40 @@ def dense_hessian_of_concatenated(model, loss_fn, batches):
         return loss_fn(torch.func.functional_call(model, pd, (x,)), y)
 
     return torch.autograd.functional.hessian(f, torch.cat([p.reshape(-1) for p in params]))
+
+
+# -- toys whose minibatch gradients are exact top eigenvectors (Corollary 4.1.1) ---------
+def aligned_problem(delta=0.0, n=4, d=3, seed=3) -> FunctionProblem:
+    """B = 1, f_i(x) = ¼‖x − c_i‖⁴ + δ·bᵀx (a radial quartic per example).
+
+    With z = x − c_i: ∇f_i = ‖z‖²z and ∇²f_i = ‖z‖²I + 2zzᵀ, whose top eigenvector is ẑ
+    (λ₁ = 3‖z‖², gap 2‖z‖²): with δ = 0 every u_γ is v₁ exactly. δ tilts the gradient
+    by O(δ) without moving H, and ∇³f_i[v₁, a] = 2‖z‖a ≠ 0 for a ⊥ v₁, so Eq. 5/6 leave
+    SAM-SDE3 at first order in δ."""
+    g = torch.Generator().manual_seed(seed)
+    C = torch.randn(n, d, generator=g, dtype=DTYPE)
+    b = torch.randn(d, generator=g, dtype=DTYPE)
+
+    def loss(x, c):
+        z = x[..., None, :] - c
+        return 0.25 * (z * z).sum(-1) ** 2 + delta * (b * x).sum(-1, keepdim=True)
+    x0 = torch.linspace(0.4, -0.6, d, dtype=DTYPE)
+    return FunctionProblem(loss, (C,), 1, x0, name=f"radial-quartic(delta={delta})")
+
+
+def rank_one_problem(delta=0.0, n=4, d=3, seed=3) -> FunctionProblem:
+    """B = 1, f_i(x) = softplus(w_iᵀx) + (δ/2) xᵀCx with C = diag(1, 2, …, d).
+
+    With δ = 0 the gradient softplus'(w_iᵀx)·w_i and the rank-one Hessian
+    softplus''(w_iᵀx)·w_iw_iᵀ both lie along w_i: every u_γ is ±v₁. Here the first-order
+    effect of δ on Eq. 5/6 − SAM-SDE3 cancels (unit vectors tilted by θ change w_iᵀv by
+    O(θ²), and H₀ annihilates the tilt), so the differences are O(δ²)."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, d, generator=g, dtype=DTYPE)
+    c = torch.arange(1, d + 1, dtype=DTYPE)
+
+    def loss(x, w):
+        return (torch.nn.functional.softplus((w * x[..., None, :]).sum(-1))
+                + (0.5 * delta) * (c * x * x).sum(-1, keepdim=True))
+    x0 = torch.linspace(0.4, -0.6, d, dtype=DTYPE)
+    return FunctionProblem(loss, (W,), 1, x0, name=f"rank-one(delta={delta})")

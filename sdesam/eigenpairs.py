@@ -1,0 +1,253 @@
+"""Top Hessian eigenpairs of many minibatches (or of the full batch) at once.
+
+Corollary 4.1.1's aligned SDEs (paper Eq. 5–6) and the ideal Eigen-SAM need, at every
+Euler sub-step, the top (largest algebraic) eigenpair (λ₁, v₁) of each minibatch
+Hessian H_γ = ∇²f_γ(x), and the gap λ₁ − λ₂ that Assumption B.2 needs for
+∇λ₁(H_γ) = ∇³f_γ[v₁, v₁] to exist. Two methods:
+
+* ``"dense"``: H_γ formed from d Hessian-vector products (the problem's own ``hvp``,
+  vectorised over all minibatches and points) and ``torch.linalg.eigh`` in float64.
+  Exact to rounding; for small d only (``max_dense_dim``, else ``ValueError``).
+* ``"lanczos"``: ``sdesam.curvature.lanczos`` (full reorthogonalisation, k = 2 so that
+  λ₂ and with it the gap come out too) on ``problem.hvp_at`` per minibatch, started
+  from ``v0`` (the previous sub-step's vector of the same slot: a warm start), stopped
+  when both Ritz residuals are ≤ ``tol``·‖H_γ‖.
+
+``"auto"`` takes the dense path when d ≤ ``max_dense_dim``.
+
+``full_hessian_top_eigenvector`` does the same for the full-batch Hessian ∇²f(x) (the
+eigenvector Eigen-SAM aligns with): exact (the mean over all enumerated minibatches,
+toy problems) or over a fixed subset of training examples (``ModuleProblem``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ._checks import check_choice, check_int, check_positive
+from .curvature import HessianOperator, lanczos
+from .problem import ModuleProblem, Problem, seeded_generator
+
+__all__ = ["TopEigenpairs", "minibatch_top_eigenpairs", "full_hessian_top_eigenvector", "check_hessian_subset",
+           "top_eigenvector", "EigenSolverMixin", "MAX_DENSE_DIM"]
+
+#: default largest d for the dense path (a d × d float64 matrix per minibatch and point)
+MAX_DENSE_DIM = 64
+
+
+@dataclass
+class TopEigenpairs:
+    """Top eigenpairs of a block of symmetric matrices, leading shape S.
+
+    Attributes:
+        value: λ₁, shape (*S,), in the problem's dtype.
+        vector: unit v₁, shape (*S, d) (sign arbitrary: every consumer is sign-invariant).
+        gap: λ₁ − λ₂, shape (*S,) (+inf when d = 1).
+        residual: ‖H v₁ − λ₁ v₁‖, shape (*S,) (dense: computed from H; Lanczos: the Ritz
+            residual of the recurrence).
+        scale: ‖H‖₂ estimate (largest |eigenvalue| seen), shape (*S,).
+        num_hvps: Hessian-vector products spent (d per matrix on the dense path).
+        method: ``"dense"`` or ``"lanczos"``.
+    """
+
+    value: Tensor
+    vector: Tensor
+    gap: Tensor
+    residual: Tensor
+    scale: Tensor
+    num_hvps: int
+    method: str
+
+
+def _dense_from_hvp(hvp: Callable[[Tensor], Tensor], d: int, like: Tensor) -> Tensor:
+    """(*S, d, d) float64 symmetric matrices from a batched product v (d, d) ↦ H v (*S, d, d)."""
+    eye = torch.eye(d, dtype=like.dtype, device=like.device)
+    H = hvp(eye).to(torch.float64)                  # row j = H e_j
+    return 0.5 * (H + H.transpose(-1, -2))
+
+
+def _dense_pairs(H: Tensor, dtype: torch.dtype) -> TopEigenpairs:
+    lam, V = torch.linalg.eigh(H)                   # ascending
+    lam1, v1 = lam[..., -1], V[..., :, -1]
+    gap = lam1 - lam[..., -2] if H.shape[-1] > 1 else torch.full_like(lam1, math.inf)
+    res = torch.linalg.vector_norm(torch.einsum("...ij,...j->...i", H, v1) - lam1[..., None] * v1, dim=-1)
+    scale = lam.abs().amax(-1)
+    return TopEigenpairs(value=lam1.to(dtype), vector=v1.to(dtype), gap=gap.to(dtype), residual=res.to(dtype),
+                         scale=scale.to(dtype), num_hvps=H[..., 0, 0].numel() * H.shape[-1], method="dense")
+
+
+def _lanczos_pair(op: HessianOperator, v0: Tensor | None, tol: float, max_iters: int,
+                  generator: torch.Generator | None):
+    if v0 is not None and (not bool(torch.isfinite(v0).all()) or float(v0.norm()) == 0.0):
+        v0 = None
+    r = lanczos(op, k=2 if op.dim > 1 else 1, which="LA", tol=tol, max_iters=max_iters, v0=v0,
+                generator=generator, check_determinism=False)
+    lam2 = float(r.eigenvalues[1]) if op.dim > 1 else -math.inf
+    return (float(r.eigenvalues[0]), r.eigenvectors[:, 0], float(r.eigenvalues[0]) - lam2,
+            float(r.residuals[0]), r.scale, r.num_matvecs)
+
+
+def _resolve_method(method: str, d: int, max_dense_dim: int) -> str:
+    check_choice("method", method, {"auto", "dense", "lanczos"})
+    max_dense_dim = check_int("max_dense_dim", max_dense_dim, 1)
+    if method == "auto":
+        return "dense" if d <= max_dense_dim else "lanczos"
+    if method == "dense" and d > max_dense_dim:
+        raise ValueError(f"method='dense' forms a d × d Hessian per minibatch; d={d} exceeds "
+                         f"max_dense_dim={max_dense_dim}: use method='lanczos' (or raise max_dense_dim)")
+    return method
+
+
+def minibatch_top_eigenpairs(problem: Problem, x: Tensor, batch: Tensor, *, method: str = "auto",
+                             tol: float = 1e-3, max_iters: int = 100, v0: Tensor | None = None,
+                             max_dense_dim: int = MAX_DENSE_DIM,
+                             generator: torch.Generator | None = None) -> TopEigenpairs:
+    """(λ₁, v₁, λ₁ − λ₂, residual) of H_γ = ∇²f_γ(x) for every leading index.
+
+    Args:
+        problem: the ``Problem``.
+        x: points (*Sx, d); batch: minibatches (*Sb, B); they broadcast to S as in every
+            oracle (e.g. x (M, 1, d) and batch (M, K, B), or batch (N, B) for all
+            enumerated minibatches).
+        method: ``"auto"``, ``"dense"`` or ``"lanczos"`` (module docstring).
+        tol: Lanczos relative residual tolerance, ‖Hy − θy‖ ≤ tol·‖H‖ for λ₁ and λ₂.
+        max_iters: Lanczos step cap (Hessian-vector products per minibatch).
+        v0: Lanczos start vectors (*S, d) (e.g. the previous sub-step's v₁); default a
+            Gaussian vector from ``generator``.
+        max_dense_dim: largest d for the dense path.
+    """
+    d = problem.dim
+    method = _resolve_method(method, d, max_dense_dim)
+    tol = check_positive("tol", tol)
+    max_iters = check_int("max_iters", max_iters, 2)
+    S = torch.broadcast_shapes(x.shape[:-1], batch.shape[:-1])
+    if method == "dense":
+        # the d unit vectors ride on an extra leading axis of x (the oracles broadcast)
+        xe = x.expand(*S, d)[..., None, :].expand(*S, d, d)
+        H = _dense_from_hvp(lambda E: problem.hvp(xe, batch[..., None, :], E), d, x)
+        return _dense_pairs(H, x.dtype)
+    xs = x.expand(*S, d).reshape(-1, d)
+    bs = batch.expand(*S, batch.shape[-1]).reshape(-1, batch.shape[-1])
+    starts = None if v0 is None else v0.expand(*S, d).reshape(-1, d)
+    out = [_lanczos_pair(HessianOperator.from_problem(problem, xs[i], bs[i]),
+                         None if starts is None else starts[i], tol, max_iters, generator)
+           for i in range(xs.shape[0])]
+    lam, vec, gap, res, scale, hvps = zip(*out)
+    t = lambda vals: torch.tensor(vals, dtype=x.dtype, device=x.device).reshape(S)   # noqa: E731
+    return TopEigenpairs(value=t(lam), vector=torch.stack(vec).reshape(*S, d).to(x.dtype), gap=t(gap),
+                         residual=t(res), scale=t(scale), num_hvps=int(sum(hvps)), method="lanczos")
+
+
+def full_hessian_top_eigenvector(problem: Problem, x: Tensor, *, method: str = "auto", tol: float = 1e-3,
+                                 max_iters: int = 100, v0: Tensor | None = None,
+                                 hessian_subset: Tensor | None = None, max_dense_dim: int = MAX_DENSE_DIM,
+                                 generator: torch.Generator | None = None) -> TopEigenpairs:
+    """Top eigenpair of the full-batch Hessian ∇²f(x) at each point x (M, d).
+
+    The Hessian is, exactly, the mean of H_γ over all C(n, B) enumerated minibatches
+    (uniform B-subsets: E_γ H_γ = ∇²f) when ``hessian_subset`` is None, else the Hessian
+    of the mean loss over the training examples ``hessian_subset`` (a LongTensor of
+    indices; ``ModuleProblem`` only — how the MLP measurement keeps it affordable).
+    Returns ``TopEigenpairs`` with S = (M,).
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (M, d), got {tuple(x.shape)}")
+    M, d = x.shape
+    method = _resolve_method(method, d, max_dense_dim)
+    if hessian_subset is not None:
+        if not isinstance(problem, ModuleProblem):
+            raise ValueError("hessian_subset needs a ModuleProblem (problem.subproblem); "
+                             f"got {type(problem).__name__}")
+        sub = problem.subproblem(hessian_subset, int(hessian_subset.numel()), name="hessian subset")
+        every = torch.arange(sub.n_train, device=problem.device)[None]        # one minibatch: the subset
+        r = minibatch_top_eigenpairs(sub, x[:, None, :], every, method=method, tol=tol, max_iters=max_iters,
+                                     v0=None if v0 is None else v0[:, None, :], max_dense_dim=max_dense_dim,
+                                     generator=generator)
+        return TopEigenpairs(value=r.value[:, 0], vector=r.vector[:, 0], gap=r.gap[:, 0],
+                             residual=r.residual[:, 0], scale=r.scale[:, 0], num_hvps=r.num_hvps,
+                             method=r.method)
+    batches = problem.enumerate_batches()                                   # (N, B)
+    N = batches.shape[0]
+    if method == "dense":
+        xe = x[:, None, None, :].expand(M, 1, d, d)
+        H = _dense_from_hvp(lambda E: problem.hvp(xe, batches[:, None, :], E), d, x).mean(1)
+        return _dense_pairs(H, x.dtype)
+    out = []
+    hvps = 0
+    for m in range(M):
+        op = HessianOperator.from_function(
+            lambda v, xm=x[m]: problem.hvp(xm, batches, v.to(x.dtype)).mean(0), d, x.dtype, x.device)
+        out.append(_lanczos_pair(op, None if v0 is None else v0[m], tol, max_iters, generator))
+        hvps += out[-1][-1] * N
+    lam, vec, gap, res, scale, _ = zip(*out)
+    t = lambda vals: torch.tensor(vals, dtype=x.dtype, device=x.device)   # noqa: E731
+    return TopEigenpairs(value=t(lam), vector=torch.stack(vec).to(x.dtype), gap=t(gap), residual=t(res),
+                         scale=t(scale), num_hvps=hvps, method="lanczos")
+
+
+def check_hessian_subset(problem: Problem, subset: Tensor | None) -> Tensor | None:
+    """The training-example subset of a full-batch Hessian: None for enumerable toys;
+    for a ``ModuleProblem`` None means all n examples."""
+    if not isinstance(problem, ModuleProblem):
+        if subset is not None:
+            raise ValueError("hessian_subset needs a ModuleProblem; the full-batch Hessian of "
+                             f"{type(problem).__name__} is exact (enumerated minibatches)")
+        problem.enumerate_batches()          # raises ValueError when it cannot
+        return None
+    if subset is None:
+        return torch.arange(problem.n_train, device=problem.device)
+    subset = torch.as_tensor(subset, device=problem.device)
+    if subset.dim() != 1 or subset.dtype != torch.long or subset.numel() == 0 or \
+            int(subset.min()) < 0 or int(subset.max()) >= problem.n_train:
+        raise ValueError(f"hessian_subset must be a non-empty LongTensor of indices in [0, {problem.n_train}), "
+                         f"got shape {tuple(subset.shape)} dtype {subset.dtype}")
+    return subset
+
+
+def top_eigenvector(dyn, points: Tensor, x: Tensor, batches: Tensor, index: int, seed: int):
+    """The eigenvector an Eigen-SAM dynamics ``dyn`` aligns with at sub-step (or step)
+    ``index``: of the full-batch Hessian at ``points`` (M, d) when
+    ``dyn.eigvec_source == "full"``, else of each minibatch Hessian for x and ``batches``
+    (broadcasting as the oracles do). ``dyn`` carries the solver options (``eig_method``,
+    ``eig_tol``, ``eig_max_iters``, ``max_dense_dim``, ``hessian_subset``) and the warm
+    start (``_warm_start(shape)``); Lanczos start vectors without one are drawn from
+    (seed, STREAM_EIGEN, index). Returns ``TopEigenpairs``."""
+    from .integrators import STREAM_EIGEN
+    gen = seeded_generator(seed, STREAM_EIGEN, index, device=dyn.problem.device)
+    common = {"method": dyn.eig_method, "tol": dyn.eig_tol, "max_iters": dyn.eig_max_iters,
+              "max_dense_dim": dyn.max_dense_dim, "generator": gen}
+    if dyn.eigvec_source == "full":
+        return full_hessian_top_eigenvector(dyn.problem, points, hessian_subset=dyn.hessian_subset,
+                                            v0=dyn._warm_start(points.shape), **common)
+    S = torch.broadcast_shapes(x.shape[:-1], batches.shape[:-1])
+    return minibatch_top_eigenpairs(dyn.problem, x, batches, v0=dyn._warm_start((*S, dyn.problem.dim)), **common)
+
+
+class EigenSolverMixin:
+    """Eigensolver options and warm starts for a ``Dynamics`` that needs top eigenvectors
+    every (sub-)step (the aligned SDEs, the Eigen-SAM SDE, the ideal Eigen-SAM): the
+    options are validated once, and the Lanczos warm start is kept in
+    ``state.extra["eig_warm"]`` so that a resumed run continues exactly."""
+
+    def _init_eigensolver(self, method: str, tol: float, max_iters: int, max_dense_dim: int):
+        self.eig_method = _resolve_method(method, self.problem.dim, max_dense_dim)
+        self.eig_tol = check_positive("eig_tol", tol)
+        self.eig_max_iters = check_int("eig_max_iters", max_iters, 2)
+        self.max_dense_dim = max_dense_dim
+        self._warm = None
+
+    def _eig_config(self) -> dict:
+        return {"eig_method": self.eig_method, "eig_tol": self.eig_tol, "eig_max_iters": self.eig_max_iters}
+
+    def _warm_start(self, shape) -> Tensor | None:
+        return self._warm if self._warm is not None and self._warm.shape == shape else None
+
+    def _step(self, state):
+        self._warm = state.extra.get("eig_warm")
+        super()._step(state)
+        if self.eig_method == "lanczos" and self._warm is not None:
+            state.extra["eig_warm"] = self._warm
