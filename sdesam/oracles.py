@@ -106,8 +106,9 @@ def autograd_taylor(loss_fn: Callable[[Tensor], Tensor], x: Tensor, rule: Pertur
     with torch.enable_grad():
         x = _leaf(x)
         g = _grad(loss_fn(x).sum(), x, create_graph=order > 0)
-        eps = rule(g.detach(), eigvec)
         gd = g.detach()
+        # a rule without the coefficient form (ε = a·g + b·v̂) may depend on the point
+        eps = rule(gd, eigvec) if getattr(rule, "has_coefficients", True) else rule(gd, eigvec, x=x.detach())
         if order == 0:
             return TaylorVectors(v=gd, g=gd, eps=eps, order=0, rho=rho)
         h = _grad((g * eps).sum(), x, create_graph=order > 1)
