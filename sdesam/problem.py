@@ -247,7 +247,7 @@ class ModuleProblem(Problem):
         eval_chunk: examples per forward pass in full-data evaluations.
         block: how the minibatch oracles (``loss``, ``gradient``, ``hvp``, ``taylor``)
             treat the N = prod(S) (trajectory, minibatch) pairs of a call.
-            ``"batched"``: on the jet path, blocks of pairs at once — each pair's
+            ``"batched"``: on the jet path, blocks of pairs at once (a call with a single pair takes the loop) — each pair's
             parameters stacked along a leading dimension, every Linear layer one
             ``bmm``/``baddbmm`` (Conv2d one grouped convolution), one autograd graph per
             block. ``"loop"``: one pair at a time. ``"auto"`` (default): batched on the
@@ -408,11 +408,13 @@ class ModuleProblem(Problem):
             flat = t.reshape(-1, t.shape[-1])
             idx = torch.arange(flat.shape[0], device=t.device).view(t.shape[:-1]).broadcast_to(S).reshape(-1)
             sources.append((flat, idx))
-        step = self.block_size if self.block == "batched" else 1
+        # a single pair takes the unstacked path (plain matrix products, as fast or faster)
+        batched = self.block == "batched" and N > 1
+        step = self.block_size if batched else 1
 
         def blocks():
             for s in range(0, N, step):
-                if self.block == "batched":
+                if batched:
                     rows = slice(s, min(N, s + step))
                     yield (rows, *(None if src is None else src[0].index_select(0, src[1][rows])
                                    for src in sources))
