@@ -201,3 +201,23 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("name,kw", [("eigen_sam", {"rho": 0.2, "p": 2, "q": 3, "steps_per_epoch": 2}),
+                                     ("sam", {"rho": 0.2}),
+                                     ("sam_sde3", {"rho": 0.2, "n_batches": 3})])
+def test_dynamics_of_several_trajectories_batched_equal_loop(name, kw):
+    """M = 3 trajectories: EigenSAM's power iteration (batched Hessian-vector products),
+    the discrete SAM step (batched gradients) and the SDE step (batched Taylor vectors;
+    the "taylor" diffusion: the "paper" one takes an eigendecomposition whose eigenvector
+    signs round-off may flip, which changes the path but not its law)."""
+    from sdesam.dynamics import make_dynamics
+    batched, looped = mlp_pair()
+    x0 = looped.x0 + 0.1 * torch.randn(3, looped.dim, generator=torch.Generator().manual_seed(2), dtype=DTYPE)
+    ends = []
+    for p in (batched, looped):
+        dyn = make_dynamics(name, p, eta=0.05, **kw)
+        state = dyn.init_state(x0, seed=4)
+        dyn.advance(state, 3)
+        ends.append(state.x)
+    assert rel(ends[0], ends[1]) < 1e-11
