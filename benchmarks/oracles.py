@@ -1,6 +1,7 @@
 """Cost of the oracles and of one step of each dynamics, in units of one plain gradient.
 
 Run:  python -m benchmarks.oracles [--batch-size 128] [--n-batches 8] [--repeats 30]
+      [--block-sizes 1,16,64,256] [--block-repeats 5]
 
 "One gradient" is the plain PyTorch gradient of the same ``nn.Module`` on the same
 minibatch (``torch.autograd.grad`` of ``loss`` on its parameters), as DESIGN §3.1
@@ -9,6 +10,13 @@ locally (``--data-dir``), else random tensors of MNIST's shape (the cost does no
 depend on the pixel values; the output says which was used). Every figure is the
 median of ``--repeats`` timed calls after warm-up, all measured in one run, and the
 last line is a JSON object with the ratios.
+
+Block sizes: the per-sample cost of one v² (``ModuleProblem.taylor``, SAM rule, ρ = 0.2)
+when one call holds M·K (trajectory, minibatch) pairs, x of shape (M, 1, d) and K = 4
+minibatches per trajectory (M·K = 1: one pair), looped (``block="loop"``) and batched
+(``block="auto"``, the default block memory), on the weak-error ``quick-cpu`` MLP
+(784-32-10, B = 32) and on the 784-784-10 MLP (B = ``--batch-size``). Each figure is
+the median of ``--block-repeats`` calls divided by M·K.
 """
 from __future__ import annotations
 
@@ -43,6 +51,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--block-sizes", default="1,16,64,256", help="M·K values for the block lines ('' skips them)")
+    ap.add_argument("--block-repeats", type=int, default=5)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,8 +123,41 @@ def main(argv=None):
         "sde3_step_over_gradient": t["sde3_step"] / g,
         "sde3_step_over_gradient_per_minibatch": t["sde3_step"] / g / args.n_batches,
     }
+    blocks = [int(v) for v in args.block_sizes.split(",") if v.strip()]
+    if blocks:
+        print(f"\nper-sample v² cost with M·K pairs per call (K = 4 or M·K if smaller), ms; "
+              f"block_memory = default ({problem.block_memory / 2**20:.0f} MiB)")
+        print(f"{'model':<28}{'M·K':>6}{'looped':>10}{'batched':>10}{'speed-up':>10}{'block':>7}")
+        result["blocks"] = []
+        for label, hidden, bs in [("quick-cpu 784-32-10, B=32", 32, 32),
+                                  (f"784-784-10, B={B}", 784, B)]:
+            result["blocks"] += block_lines(label, hidden, bs, X, Y, blocks, args.block_repeats, device)
     print(json.dumps(result))
     return result
+
+
+def block_lines(label, hidden, batch_size, X, Y, sizes, repeats, device) -> list[dict]:
+    """Per-sample v² cost, looped and batched, for each M·K in ``sizes`` (printed and returned)."""
+    from sdesam.models import MLP
+    torch.manual_seed(0)
+    model = MLP(784, (hidden,), 10, activation="gelu")
+    batched = ModuleProblem(model, "cross_entropy", X, Y, batch_size, device=device)
+    looped = ModuleProblem(model, "cross_entropy", X, Y, batch_size, device=device, block="loop")
+    gen = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    for n in sizes:
+        K = min(4, n)
+        M = n // K
+        x = batched.x0.expand(M, 1, -1).clone()
+        batches = batched.sample_batches(M * K, gen).view(M, K, batch_size)
+        t = {name: median_seconds(lambda p=p: p.taylor(x, batches, "sam", 0.2, order=2), repeats, 1, device)
+             / (M * K) for name, p in [("looped", looped), ("batched", batched)]}
+        row = {"model": label, "pairs": M * K, "looped_ms": t["looped"] * 1e3, "batched_ms": t["batched"] * 1e3,
+               "block_size": batched.block_size}
+        print(f"{label:<28}{M * K:>6}{row['looped_ms']:>10.3f}{row['batched_ms']:>10.3f}"
+              f"{t['looped'] / t['batched']:>10.2f}{batched.block_size:>7}")
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

@@ -196,8 +196,21 @@ class LowRankWeightTangent:
         self.scale, self.delta, self.inputs = scale, delta, inputs
 
     def apply(self, v: Tensor) -> Tensor:
-        """v Uᵀ for v of shape (B', in)."""
-        return torch.mm(torch.mm(v, self.inputs.t()), self.delta).mul_(self.scale)
+        """v Uᵀ for v of shape (B', in), or (N, B', in) for N stacked tangents (then
+        ``scale`` is (N, 1, 1), ``delta`` (N, B, out) and ``inputs`` (N, B, in))."""
+        return torch.matmul(torch.matmul(v, self.inputs.transpose(-1, -2)), self.delta).mul_(self.scale)
+
+
+def _linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """``F.linear``, or its stacked form: x (N, B, in), w (N, out, in), b (N, out) →
+    (N, B, out), one batched matrix product for the N weight matrices."""
+    if w.dim() == 2:
+        return F.linear(x, w, b)
+    # computed as (W xᵀ)ᵀ so that the reverse pass gives ∂W = (∂y)ᵀx directly in W's
+    # (out, in) layout: x Wᵀ would give it as (in, out), transposed by a copy per block
+    xt = x.transpose(1, 2)
+    y = torch.bmm(w, xt) if b is None else torch.baddbmm(b.unsqueeze(2), w, xt)
+    return y.transpose(1, 2)
 
 
 class _Affine:
@@ -207,18 +220,27 @@ class _Affine:
         self.names = names  # parameter names in this layer, in named_parameters order
         self.is_linear = isinstance(layer, nn.Linear)
         if self.is_linear:
-            self.op = F.linear
+            self.op = _linear
             self.features = (layer.in_features, layer.out_features)
         else:
             def conv(x, w, b=None, _l=layer):
-                return F.conv2d(x, w, b, _l.stride, _l.padding, _l.dilation, _l.groups)
+                if w.dim() == 4:
+                    return F.conv2d(x, w, b, _l.stride, _l.padding, _l.dilation, _l.groups)
+                # stacked: x (N, B, C, H, W), w (N, O, C/groups, kh, kw), b (N, O) as one
+                # grouped convolution of B examples with N·C channels and N·groups groups
+                n, nb = x.shape[:2]
+                xs = x.transpose(0, 1).reshape(nb, n * x.shape[2], *x.shape[3:])
+                y = F.conv2d(xs, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
+                             _l.stride, _l.padding, _l.dilation, _l.groups * n)
+                return y.view(nb, n, -1, *y.shape[2:]).transpose(0, 1)
             self.op = conv
         self.has_bias = layer.bias is not None
 
-    def primal(self, p: dict, a: Tensor) -> Tensor:
+    def primal(self, p: dict, a: Tensor, stacked: bool = False) -> Tensor:
         return self.op(a, p["weight"], p["bias"] if self.has_bias else None)
 
-    def jet(self, p: dict, e: dict, a, a1, a2, order, factor: LowRankWeightTangent | None = None):
+    def jet(self, p: dict, e: dict, a, a1, a2, order, stacked: bool = False,
+            factor: LowRankWeightTangent | None = None):
         # d/ds (a(s), W + sU, b + sc): y₁ = A(a; U) + c + A(a₁; W),
         # y₂ = A(a₂; W) + 2 A(a₁; U)   (the weights are linear in s).
         W, c = p["weight"], (e["bias"] if self.has_bias else None)
@@ -228,7 +250,7 @@ class _Affine:
             y1 = self.op(a, U, c)
         else:
             along_u = factor.apply
-            y1 = _add(along_u(a), c)
+            y1 = _add(along_u(a), None if c is None else (c.unsqueeze(1) if stacked else c))
         y1 = _add(y1, None if a1 is None else self.op(a1, W))
         if order < 2:
             return y1, None
@@ -245,12 +267,19 @@ class _Linear:
     def __init__(self, layer: nn.Module):
         self.layer = layer
 
-    def primal(self, p, a):
-        return self.layer(a)
+    def _map(self, a: Tensor, stacked: bool) -> Tensor:
+        if not stacked:
+            return self.layer(a)
+        # (N, B, ...): the layer sees N·B examples
+        y = self.layer(a.flatten(0, 1))
+        return y.unflatten(0, a.shape[:2])
 
-    def jet(self, p, e, a, a1, a2, order):
-        f = self.layer
-        return (None if a1 is None else f(a1)), (None if a2 is None or order < 2 else f(a2))
+    def primal(self, p, a, stacked=False):
+        return self._map(a, stacked)
+
+    def jet(self, p, e, a, a1, a2, order, stacked=False):
+        return ((None if a1 is None else self._map(a1, stacked)),
+                (None if a2 is None or order < 2 else self._map(a2, stacked)))
 
 
 class _Activation:
@@ -259,10 +288,10 @@ class _Activation:
     def __init__(self, layer: nn.Module, derivs: Callable):
         self.layer, self.derivs = layer, derivs
 
-    def primal(self, p, a):
+    def primal(self, p, a, stacked=False):
         return self.layer(a)
 
-    def jet(self, p, e, a, a1, a2, order):
+    def jet(self, p, e, a, a1, a2, order, stacked=False):
         if a1 is None:          # no tangent reaches this layer: the jet is zero
             return None, None
         if order < 2:
@@ -274,34 +303,50 @@ _LINEAR_MAPS = (nn.Flatten, nn.Identity, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
 
 # ---------------------------------------------------------------------------------
-# Losses (mean over the minibatch)
+# Losses (mean over the minibatch). With ``stacked`` the outputs are (N, B, ...) for N
+# independent minibatches and each function returns the N per-minibatch means.
 # ---------------------------------------------------------------------------------
-def _cross_entropy_jet(o, o1, o2, y, order):
+def _mean(t: Tensor, stacked: bool) -> Tensor:
+    return t.flatten(1).mean(1) if stacked else t.mean()
+
+
+def _cross_entropy(o, y, stacked=False):
+    if not stacked:
+        return F.cross_entropy(o, y)
+    return F.cross_entropy(o.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+
+
+def _mse(o, y, stacked=False):
+    return F.mse_loss(o, y) if not stacked else _mean(F.mse_loss(o, y, reduction="none"), True)
+
+
+def _cross_entropy_jet(o, o1, o2, y, order, stacked=False):
     p = torch.softmax(o, dim=-1)
     po1 = (p * o1).sum(-1)
-    l1 = (po1 - o1.gather(-1, y[:, None])[:, 0]).mean()
+    y = y.unsqueeze(-1)
+    l1 = _mean(po1 - o1.gather(-1, y).squeeze(-1), stacked)
     if order < 2:
         return l1, None
     l2 = (p * o1 * o1).sum(-1) - po1 * po1
     if o2 is not None:
-        l2 = l2 + (p * o2).sum(-1) - o2.gather(-1, y[:, None])[:, 0]
-    return l1, l2.mean()
+        l2 = l2 + (p * o2).sum(-1) - o2.gather(-1, y).squeeze(-1)
+    return l1, _mean(l2, stacked)
 
 
-def _mse_jet(o, o1, o2, y, order):
+def _mse_jet(o, o1, o2, y, order, stacked=False):
     r = o - y
-    l1 = (2.0 * r * o1).mean()
+    l1 = _mean(2.0 * r * o1, stacked)
     if order < 2:
         return l1, None
     l2 = 2.0 * o1 * o1
     if o2 is not None:
         l2 = l2 + 2.0 * r * o2
-    return l1, l2.mean()
+    return l1, _mean(l2, stacked)
 
 
 _LOSSES = {
-    "cross_entropy": (F.cross_entropy, _cross_entropy_jet),
-    "mse": (F.mse_loss, _mse_jet),
+    "cross_entropy": (_cross_entropy, _cross_entropy_jet),
+    "mse": (_mse, _mse_jet),
 }
 
 
@@ -349,17 +394,27 @@ class SequentialJet:
     def _layer_params(layer, params: dict) -> dict:
         return {n.rsplit(".", 1)[1]: params[n] for n in layer.names}
 
-    def activations(self, params: dict, inputs: Tensor) -> list[Tensor]:
-        """Primal pass: [inputs, output of layer 1, …, model output]."""
+    def activations(self, params: dict, inputs: Tensor, stacked: bool = False) -> list[Tensor]:
+        """Primal pass: [inputs, output of layer 1, …, model output].
+
+        ``stacked``: N independent copies at once — every parameter has a leading
+        dimension N (one parameter set per copy) and ``inputs`` is (N, B, ...)."""
         acts = [inputs]
         for layer in self.layers:
-            acts.append(layer.primal(self._layer_params(layer, params), acts[-1]))
+            acts.append(layer.primal(self._layer_params(layer, params), acts[-1], stacked))
         return acts
 
-    def forward(self, params: dict, inputs: Tensor, targets: Tensor):
-        """Primal pass. Returns (mean loss, activations) with the autograd graph kept."""
-        acts = self.activations(params, inputs)
-        return self._loss(acts[-1], targets), acts
+    def loss(self, outputs: Tensor, targets: Tensor, stacked: bool = False) -> Tensor:
+        """Mean loss over the minibatch; (N,) per-copy means when ``stacked``."""
+        return self._loss(outputs, targets, stacked)
+
+    def forward(self, params: dict, inputs: Tensor, targets: Tensor, stacked: bool = False):
+        """Primal pass. Returns (mean loss, activations) with the autograd graph kept;
+        when ``stacked`` the loss is the sum of the N per-copy mean losses, so its
+        gradient with respect to the stacked parameters is the stack of the N gradients."""
+        acts = self.activations(params, inputs, stacked)
+        loss = self._loss(acts[-1], targets, stacked)
+        return (loss.sum() if stacked else loss), acts
 
     def factorable_layers(self, batch_size: int) -> list[int]:
         """Indices of the Linear layers whose weight tangent is cheaper factored
@@ -369,20 +424,24 @@ class SequentialJet:
                 and batch_size * sum(layer.features) < layer.features[0] * layer.features[1]]
 
     def directional(self, params: dict, tangents: dict, acts: list, targets: Tensor, order: int,
-                    factors: dict[int, LowRankWeightTangent] | None = None):
+                    factors: dict[int, LowRankWeightTangent] | None = None, stacked: bool = False):
         """(ℓ₁, ℓ₂): first and second derivative of the loss along the tangent.
 
         ``acts`` are the primal activations from ``forward`` (reused, not recomputed);
         ℓ₂ is None when order < 2. Both are differentiable with respect to ``params``.
         ``factors`` maps a layer index (see ``factorable_layers``) to the factored form
         of that layer's weight tangent, used instead of ``tangents``' dense weight.
+        With ``stacked`` (as in ``forward``) ℓ₁ and ℓ₂ are sums over the N copies.
         """
         factors = factors or {}
         a1 = a2 = None
         for k, (layer, a) in enumerate(zip(self.layers, acts[:-1])):
             extra = {"factor": factors[k]} if k in factors else {}
             a1, a2 = layer.jet(self._layer_params(layer, params), self._layer_params(layer, tangents),
-                               a, a1, a2, order, **extra)
+                               a, a1, a2, order, stacked, **extra)
         if a1 is None:
             raise ValueError("the model has no trainable layer for the tangent to enter")
-        return self._loss_jet(acts[-1], a1, a2, targets, order)
+        l1, l2 = self._loss_jet(acts[-1], a1, a2, targets, order, stacked)
+        if stacked:
+            l1, l2 = l1.sum(), (None if l2 is None else l2.sum())
+        return l1, l2

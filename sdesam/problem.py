@@ -38,7 +38,11 @@ from .oracles import (TaylorVectors, autograd_gradient, autograd_hvp, autograd_t
                       check_order)
 from .perturbations import PerturbationRule, get_rule
 
-__all__ = ["Problem", "FunctionProblem", "ModuleProblem", "derived_seed", "seeded_generator"]
+__all__ = ["Problem", "FunctionProblem", "ModuleProblem", "derived_seed", "seeded_generator",
+           "DEFAULT_BLOCK_MEMORY"]
+
+#: default working-memory budget (bytes) of one block of batched oracles on the CPU
+DEFAULT_BLOCK_MEMORY = 256 * 2**20
 
 
 def derived_seed(*key: int) -> int:
@@ -241,13 +245,27 @@ class ModuleProblem(Problem):
             else autograd), ``"jet"`` or ``"autograd"``.
         dtype, device: where the parameters and data live (default: the model's).
         eval_chunk: examples per forward pass in full-data evaluations.
+        block: how the minibatch oracles (``loss``, ``gradient``, ``hvp``, ``taylor``)
+            treat the N = prod(S) (trajectory, minibatch) pairs of a call.
+            ``"batched"``: on the jet path, blocks of pairs at once (a call with a single pair takes the loop) — each pair's
+            parameters stacked along a leading dimension, every Linear layer one
+            ``bmm``/``baddbmm`` (Conv2d one grouped convolution), one autograd graph per
+            block. ``"loop"``: one pair at a time. ``"auto"`` (default): batched on the
+            jet path, else the loop (the generic autograd oracle). ``config()`` reports
+            the choice.
+        block_memory: working-memory budget in bytes of one block on the batched path;
+            blocks are cut to ``block_size = block_memory // sample_bytes()`` pairs (the
+            last one shorter). Default ``DEFAULT_BLOCK_MEMORY`` on the CPU, a quarter of
+            the device's memory on CUDA. A budget below one pair's estimate raises
+            ValueError.
     """
 
     def __init__(self, model: nn.Module, loss, inputs: Tensor, targets: Tensor, batch_size: int,
                  *, test: tuple[Tensor, Tensor] | None = None, oracle: str = "auto",
                  dtype: torch.dtype | None = None, device=None, eval_chunk: int = 10_000,
-                 name: str | None = None):
+                 name: str | None = None, block: str = "auto", block_memory: int | None = None):
         check_choice("oracle", oracle, {"auto", "jet", "autograd"})
+        check_choice("block", block, {"auto", "batched", "loop"})
         if inputs.shape[0] != targets.shape[0]:
             raise ValueError(f"inputs has {inputs.shape[0]} examples but targets has {targets.shape[0]}")
         first = next(model.parameters())
@@ -282,6 +300,25 @@ class ModuleProblem(Problem):
                              "use oracle='autograd'")
         self.oracle = "jet" if (oracle == "jet" or (oracle == "auto" and jet_ok)) else "autograd"
         self._jet = SequentialJet(model, loss) if self.oracle == "jet" else None
+        if block == "batched" and self._jet is None:
+            raise ValueError("block='batched' needs the jet oracle (an nn.Sequential of supported "
+                             "layers and a string loss); use block='auto' or 'loop'")
+        self.block = "batched" if (self._jet is not None and block != "loop") else "loop"
+        self._block_spec = block
+        if self._jet is not None:
+            with torch.no_grad():
+                acts = self._jet.activations(self.unflatten(self.x0), self.inputs[:1])
+            self._act_numel = sum(a[0].numel() for a in acts)
+        self.block_memory = self._default_block_memory() if block_memory is None else \
+            check_int("block_memory", block_memory, 1)
+        self.block_size = 1
+        if self.block == "batched":
+            per = self.sample_bytes()
+            if self.block_memory < per:
+                raise ValueError(f"block_memory={block_memory} bytes is smaller than the estimated "
+                                 f"working memory of one (trajectory, minibatch) pair, {per} bytes "
+                                 f"(d={self.dim}, B={self.batch_size}, {self.dtype})")
+            self.block_size = self.block_memory // per
 
     def subproblem(self, indices: Tensor, batch_size: int | None = None, name: str | None = None) -> "ModuleProblem":
         """The same model and loss on the training examples ``indices`` only (no test data).
@@ -292,65 +329,128 @@ class ModuleProblem(Problem):
         indices = indices.to(self.device)
         return ModuleProblem(self.model, self._loss_spec, self.inputs[indices], self.targets[indices],
                              batch_size or self.batch_size, oracle=self.oracle, dtype=self.dtype,
-                             device=self.device, eval_chunk=self.eval_chunk, name=name or f"{self.name}[subset]")
+                             device=self.device, eval_chunk=self.eval_chunk, name=name or f"{self.name}[subset]",
+                             block=self._block_spec, block_memory=self.block_memory)
 
     def _to_device(self, t: Tensor) -> Tensor:
         t = t.to(self.device)
         return t.to(self.dtype) if t.is_floating_point() else t
 
     def config(self):
-        return {**super().config(), "oracle": self.oracle}
+        return {**super().config(), "oracle": self.oracle, "block": self.block,
+                "block_memory": self.block_memory, "block_size": self.block_size}
+
+    def _default_block_memory(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_properties(self.device).total_memory // 4
+        return DEFAULT_BLOCK_MEMORY
+
+    def sample_bytes(self) -> int:
+        """Estimated working memory of one (trajectory, minibatch) pair in a batched
+        Taylor call, in bytes: 4 parameter-sized tensors (the pair's parameters, the
+        layer gradients before they are written out, two transient products) and 16
+        activation-sized ones per example (primal, two tangents, the activation's three
+        derivatives and the reverse passes' gradients) — an upper estimate for the
+        order-2 jet."""
+        if self._jet is None:
+            raise ValueError("sample_bytes is defined for the jet oracle only")
+        item = torch.empty((), dtype=self.dtype).element_size()
+        return item * (4 * self.dim + 16 * self.batch_size * self._act_numel)
 
     # -- flat vector <-> parameter views --------------------------------------------
     def unflatten(self, x: Tensor) -> dict[str, Tensor]:
-        """Views of the flat vector x (d,) shaped like the module's parameters."""
-        return {n: t.view(s) for n, t, s in zip(self._names, torch.split(x, self._sizes), self._shapes)}
+        """Views of the flat vector x (d,) shaped like the module's parameters; for
+        stacked rows x (N, d), views (N, *shape)."""
+        lead = x.shape[:-1]
+        return {n: t.view(*lead, *s)
+                for n, t, s in zip(self._names, torch.split(x, self._sizes, dim=-1), self._shapes)}
 
     def _leaves(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
         params = {n: t.requires_grad_(True) for n, t in self.unflatten(x.detach()).items()}
         return list(params.values()), params
 
-    def _forward(self, params: dict, inputs: Tensor) -> Tensor:
+    def _forward(self, params: dict, inputs: Tensor, stacked: bool = False) -> Tensor:
         if self._jet is not None:       # same function, without functional_call's overhead
-            return self._jet.activations(params, inputs)[-1]
+            return self._jet.activations(params, inputs, stacked)[-1]
         return torch.func.functional_call(self.model, params, (inputs,))
 
+    def _examples(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """(inputs, targets) of the examples idx (B,) or (N, B), by ``index_select``."""
+        flat = idx.reshape(-1)
+        return (self.inputs.index_select(0, flat).view(*idx.shape, *self.inputs.shape[1:]),
+                self.targets.index_select(0, flat).view(*idx.shape, *self.targets.shape[1:]))
+
     def _batch_loss(self, params: dict, idx: Tensor) -> Tensor:
+        """f_γ for one minibatch idx (B,), or the (N,) losses of stacked parameters
+        (N, *shape) and minibatches idx (N, B) (jet path only)."""
+        if idx.dim() == 2:
+            inputs, targets = self._examples(idx)
+            return self._jet.loss(self._forward(params, inputs, True), targets, True)
         return self._loss_fn(self._forward(params, self.inputs[idx]), self.targets[idx])
 
-    def _elements(self, x: Tensor, batch: Tensor):
-        """Iterate (flat index, x_i (d,), batch_i (B,)) over the broadcast leading shape."""
-        x, batch = self._broadcast(x, batch)
-        S = x.shape[:-1]
-        # index the broadcast views element by element: reshaping the expanded x would copy
-        # it (one d-vector per minibatch and trajectory)
-        return S, [(i, x[j], batch[j]) for i, j in enumerate(itertools.product(*map(range, S)))]
+    def _blocks(self, x: Tensor, batch: Tensor, *others: Tensor | None):
+        """(S, N, blocks) for the N = prod(S) broadcast (trajectory, minibatch) pairs, in
+        row-major order. ``blocks`` yields (rows, x, batch, *others): on the batched path
+        blocks of at most ``block_size`` pairs (rows a slice, x (n, d), batch (n, B), each
+        other (n, ·)), on the loop one pair each (rows an int, x (d,), batch (B,), others (·,)).
+
+        ``others`` (or None) broadcast against S like x (tangents, eigenvectors). Only
+        the rows of the current block are gathered: the broadcast (*S, d) is never formed.
+        """
+        x_b, _ = self._broadcast(x, batch)
+        S = x_b.shape[:-1]
+        N = math.prod(S)
+        sources = []
+        for t in (x, batch, *others):
+            if t is None:
+                sources.append(None)
+                continue
+            flat = t.reshape(-1, t.shape[-1])
+            idx = torch.arange(flat.shape[0], device=t.device).view(t.shape[:-1]).broadcast_to(S).reshape(-1)
+            sources.append((flat, idx))
+        # a single pair takes the unstacked path (plain matrix products, as fast or faster)
+        batched = self.block == "batched" and N > 1
+        step = self.block_size if batched else 1
+
+        def blocks():
+            for s in range(0, N, step):
+                if batched:
+                    rows = slice(s, min(N, s + step))
+                    yield (rows, *(None if src is None else src[0].index_select(0, src[1][rows])
+                                   for src in sources))
+                else:
+                    yield (s, *(None if src is None else src[0][int(src[1][s])] for src in sources))
+        return S, N, blocks()
 
     # -- oracles --------------------------------------------------------------------
     def loss(self, x, batch):
-        S, elems = self._elements(x, batch)
-        out = torch.stack([self._batch_loss(self.unflatten(xi), bi) for _, xi, bi in elems])
+        S, N, blocks = self._blocks(x, batch)
+        out = x.new_empty(N)
+        with torch.no_grad():
+            for rows, xi, bi in blocks:
+                out[rows] = self._batch_loss(self.unflatten(xi), bi)
         return out.reshape(S)
 
     def gradient(self, x, batch):
-        S, elems = self._elements(x, batch)
-        out = x.new_empty(len(elems), self.dim)
+        S, N, blocks = self._blocks(x, batch)
+        out = x.new_empty(N, self.dim)
         with torch.enable_grad():
-            for i, xi, bi in elems:
+            for rows, xi, bi in blocks:
                 leaves, params = self._leaves(xi)
-                grads = torch.autograd.grad(self._batch_loss(params, bi), leaves)
-                self._flat(grads, out[i])
+                grads = torch.autograd.grad(self._batch_loss(params, bi).sum(), leaves)
+                self._flat(grads, out[rows])
         return out.reshape(*S, self.dim)
 
     def hvp(self, x, batch, v):
-        S, elems = self._elements(x, batch)
-        vs = v.expand(*S, self.dim).reshape(-1, self.dim)
-        out = x.new_empty(len(elems), self.dim)
-        for i, xi, bi in elems:
+        if v.shape[-1] != self.dim:
+            raise ValueError(f"v has last dimension {v.shape[-1]}, expected d={self.dim}")
+        S, N, blocks = self._blocks(x, batch, v)
+        out = x.new_empty(N, self.dim)
+        for rows, xi, bi, vi in blocks:
             if self._jet is not None:
-                self._jet_hvp(xi, bi, vs[i], out[i])
+                self._jet_hvp(xi, bi, vi, out[rows])
             else:
-                out[i] = autograd_hvp(lambda z: self._batch_loss(self.unflatten(z), bi), xi, vs[i])
+                out[rows] = autograd_hvp(lambda z: self._batch_loss(self.unflatten(z), bi), xi, vi)
         return out.reshape(*S, self.dim)
 
     def hvp_at(self, x, batch):
@@ -371,21 +471,22 @@ class ModuleProblem(Problem):
         return matvec
 
     def taylor(self, x, batch, rule="sam", rho=0.0, order=2, eigvec=None, components=False):
+        """As ``Problem.taylor``; ``eigvec`` (d,) or per pair, broadcasting against S."""
         order = check_order(order)
         rho = check_nonnegative("rho", rho)
         rule = get_rule(rule)
-        S, elems = self._elements(x, batch)
-        eig = None
-        if eigvec is not None:
-            eig = eigvec.expand(*S, self.dim).reshape(-1, self.dim)
+        if eigvec is not None and eigvec.shape[-1] != self.dim:
+            raise ValueError(f"eigvec has last dimension {eigvec.shape[-1]}, expected d={self.dim}")
+        shared_eigvec = eigvec is not None and eigvec.dim() == 1
+        S, N, blocks = self._blocks(x, batch, None if shared_eigvec else eigvec)
         names = ["v", "g", "eps"] + (["h"] if components and order >= 1 else []) + \
                 (["t"] if components and order == 2 else [])
         # results are written straight into their rows: every extra pass over a vector of
         # d entries costs a noticeable fraction of a gradient on the CPU
-        out = {k: x.new_empty(len(elems), self.dim) for k in names}
-        for i, xi, bi in elems:
-            rows = {k: out[k][i] for k in names}
-            ei = None if eig is None else eig[i]
+        out = {k: x.new_empty(N, self.dim) for k in names}
+        for rows, xi, bi, ei in blocks:
+            rows = {k: out[k][rows] for k in names}
+            ei = eigvec if shared_eigvec else ei
             if self._jet is not None:
                 self._jet_taylor(xi, bi, rule, rho, order, ei, rows)
             else:
@@ -398,42 +499,53 @@ class ModuleProblem(Problem):
 
     @staticmethod
     def _flat(tensors, out: Tensor) -> Tensor:
-        return torch.cat([t.reshape(-1) for t in tensors], out=out)
+        """Concatenate per-parameter tensors into the flat rows ``out``, (d,) or (N, d)."""
+        lead = out.shape[:-1]
+        return torch.cat([t.reshape(*lead, -1) for t in tensors], dim=-1, out=out)
 
     def _jet_hvp(self, x: Tensor, idx: Tensor, tangent: Tensor, out: Tensor) -> None:
         """out ← ∇²f_γ(x)·tangent by Taylor mode: ∇ of the directional derivative D_v f_γ
-        (one forward, one tangent forward, one reverse pass)."""
-        inputs, targets = self.inputs[idx], self.targets[idx]
+        (one forward, one tangent forward, one reverse pass), for one pair (x (d,),
+        idx (B,)) or a stacked block (x (N, d), idx (N, B))."""
+        inputs, targets = self._examples(idx)
+        stacked = idx.dim() == 2
         with torch.enable_grad():
             leaves, params = self._leaves(x)
-            _, acts = self._jet.forward(params, inputs, targets)
-            l1, _ = self._jet.directional(params, self.unflatten(tangent.detach()), acts, targets, 1)
+            _, acts = self._jet.forward(params, inputs, targets, stacked)
+            l1, _ = self._jet.directional(params, self.unflatten(tangent.detach()), acts, targets, 1,
+                                          stacked=stacked)
             self._flat(torch.autograd.grad(l1, leaves), out)
 
     def _jet_taylor(self, x, idx, rule, rho, order, eigvec, rows: dict) -> None:
-        """One minibatch by Taylor mode (``sdesam.jet``), written into ``rows`` (v, g, eps[, h, t])."""
-        inputs, targets = self.inputs[idx], self.targets[idx]
+        """Taylor mode (``sdesam.jet``) for one pair (x (d,), idx (B,)) or a stacked block
+        (x (N, d), idx (N, B)), written into ``rows`` (v, g, eps[, h, t]), each (d,) or (N, d)."""
+        inputs, targets = self._examples(idx)
+        stacked = idx.dim() == 2
+        coefficient_form = getattr(rule, "has_coefficients", True)
         with torch.enable_grad():
             leaves, params = self._leaves(x)
-            loss, acts = self._jet.forward(params, inputs, targets)
+            loss, acts = self._jet.forward(params, inputs, targets, stacked)
             # the gradients at the outputs of large Linear layers (free in this pass) give
             # their part of ε = a·g in factored form (``jet.LowRankWeightTangent``)
-            factorable = self._jet.factorable_layers(len(idx)) if order > 0 else []
+            factorable = self._jet.factorable_layers(idx.shape[-1]) if order > 0 and coefficient_form else []
             grads = torch.autograd.grad(loss, leaves + [acts[k + 1] for k in factorable],
                                         retain_graph=order > 0)
             g = self._flat(grads[:len(leaves)], rows["g"])
-            if rule.has_coefficients:
+            factors = {}
+            if coefficient_form:
                 a, b = rule.coefficients(g, eigvec)
                 eps = rule.combine(g, a, b, eigvec, out=rows["eps"])
-            else:                                       # a general rule: ε materialised
-                eps = rule(g, eigvec, out=rows["eps"], x=x)
+                if b is None:
+                    scale = a.unsqueeze(-1) if stacked else a
+                    factors = {k: LowRankWeightTangent(scale, delta, acts[k].detach())
+                               for k, delta in zip(factorable, grads[len(leaves):])}
+            else:       # a general rule (e.g. one that depends on x elementwise): ε as a plain direction
+                eps = rows["eps"].copy_(rule(g, eigvec, x=x))
             if order == 0:
                 rows["v"].copy_(g)
                 return
-            factors = {} if not rule.has_coefficients or b is not None else {
-                k: LowRankWeightTangent(a, delta, acts[k].detach())
-                for k, delta in zip(factorable, grads[len(leaves):])}
-            l1, l2 = self._jet.directional(params, self.unflatten(eps), acts, targets, order, factors)
+            l1, l2 = self._jet.directional(params, self.unflatten(eps), acts, targets, order, factors,
+                                           stacked)
             if "h" in rows:
                 h = self._flat(torch.autograd.grad(l1, leaves, retain_graph=order > 1), rows["h"])
                 torch.add(g, h, alpha=rho, out=rows["v"])

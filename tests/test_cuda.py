@@ -41,3 +41,28 @@ def test_sde_step_agrees_on_cuda():
     a.advance(sa, 1)
     b.advance(sb, 1)
     assert torch.isfinite(sb.x).all() and sb.x.device.type == "cuda"
+
+
+@pytest.mark.parametrize("rule", ["sam", "usam", "eigen_sam"])
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_batched_oracles_on_cuda_equal_the_loop_and_the_cpu(rule, order):
+    from .test_batched_oracles import _inputs, assert_same, mlp_pair, rel
+    batched, looped = mlp_pair(wide=True)
+    per = batched.sample_bytes()
+    cuda = [type(p)(p.model, "cross_entropy", p.inputs, p.targets, 3, dtype=DTYPE, device="cuda", block=block,
+                    block_memory=3 * per) for p, block in ((batched, "auto"), (looped, "loop"))]
+    assert cuda[0].block == "batched" and cuda[0].block_size == 3 and cuda[1].block == "loop"
+    # the CUDA default budget is a quarter of the device's memory
+    assert type(batched)(batched.model, "cross_entropy", batched.inputs, batched.targets, 3, dtype=DTYPE,
+                         device="cuda").block_memory == torch.cuda.get_device_properties(0).total_memory // 4
+    x, batches, eig = _inputs(looped, 4, 2)
+    eigvec = eig if rule == "eigen_sam" else None
+    ref = looped.taylor(x, batches, rule, 0.3, order, eigvec=eigvec, components=True)
+    outs = [p.taylor(x.cuda(), batches.cuda(), rule, 0.3, order, eigvec=None if eigvec is None else eigvec.cuda(),
+                     components=True) for p in cuda]
+    assert_same(outs[0], outs[1], ["v", "g", "eps", "h", "t"])
+    for k in ["v", "g", "eps"]:
+        assert rel(getattr(outs[0], k).cpu(), getattr(ref, k)) < 1e-10, k
+    v = eig[:, 0]
+    assert rel(cuda[0].hvp(x[:, 0].cuda(), batches[:, 0].cuda(), v.cuda()).cpu(),
+               looped.hvp(x[:, 0], batches[:, 0], v)) < 1e-10

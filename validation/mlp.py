@@ -67,7 +67,7 @@ class MLPConfig:
 MLP_CONFIGS = {
     "quick-cpu": MLPConfig(hidden=32, n_train=2048, batch_size=32, n_batches=4, eval_examples=512,
                            etas=(0.08, 0.04, 0.02, 0.01), horizon=0.16, record_every=2, substeps=1,
-                           n_chunks=4, chunk_size=16, blocks_per_chunk=4),
+                           n_chunks=32, chunk_size=64, blocks_per_chunk=8),
     "gpu": MLPConfig(),
 }
 
