@@ -211,10 +211,15 @@ def run_part(name: str, spec: str, *, device: str, small: bool, limit_s: float, 
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 status = f"failed: timed out after {limit_s:g} s (limit); results so far are kept"
+            except BaseException:                    # SIGTERM/Ctrl-C of the check: take the part down too
+                _kill_group(proc)
+                raise
             else:
                 _kill_group(proc)                    # leftovers of the part (e.g. torchrun workers)
                 if rc < 0:
-                    status = f"failed: killed by signal {-rc} ({signal.Signals(-rc).name})"
+                    with contextlib.suppress(ValueError):
+                        status = f"failed: killed by signal {-rc} ({signal.Signals(-rc).name})"
+                    status = status or f"failed: killed by signal {-rc}"
                 elif rc != 0:
                     status = f"failed: exit code {rc}"
     wall = time.perf_counter() - t0
@@ -269,21 +274,49 @@ def run_check(parts: dict[str, str], *, device: str, small: bool, out: Path, lim
     }
     t_start = time.perf_counter()
     logs = []
-    for name, spec in parts.items():
-        print(f"[gpu_check] {name} (limit {limits[name]:g} s) ...", flush=True)
-        res = run_part(name, spec, device=device, small=small, limit_s=limits[name], workdir=workdir,
-                       data_dir=data_dir)
-        log = res.pop("log")
-        logs.append(f"===== {name}: {res['status']} ({res['wall_s']} s) =====\n{log}\n")
-        if res["status"] != "ok":
-            res["log_tail"] = log[-LOG_TAIL:]
-        report["parts"][name] = res
-        print(f"[gpu_check] {name}: {res['status']} ({res['wall_s']} s)", flush=True)
-        report["total_wall_s"] = round(time.perf_counter() - t_start, 2)
-        report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-        report["ok"] = all(p["status"] == "ok" for p in report["parts"].values())
-        _write_outputs(report, out, logs)
+
+    def terminated(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        for name, spec in parts.items():
+            print(f"[gpu_check] {name} (limit {limits[name]:g} s) ...", flush=True)
+            try:
+                res = run_part(name, spec, device=device, small=small, limit_s=limits[name], workdir=workdir,
+                               data_dir=data_dir)
+            except KeyboardInterrupt as exc:
+                for rest in list(parts)[list(parts).index(name):]:
+                    saved = {}
+                    with contextlib.suppress(OSError, json.JSONDecodeError):
+                        saved = json.loads((workdir / rest / "result.json").read_text()) if rest == name else {}
+                    report["parts"][rest] = {"status": f"failed: the check was interrupted ({exc or 'Ctrl-C'})",
+                                             "wall_s": None, "limit_s": limits[rest],
+                                             "results": saved.get("results", {}),
+                                             "failed_items": saved.get("failed_items", {})}
+                _finish(report, t_start, out, logs)
+                raise
+            _add_part(report, name, res, logs)
+            _finish(report, t_start, out, logs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return report
+
+
+def _add_part(report: dict, name: str, res: dict, logs: list[str]) -> None:
+    log = res.pop("log")
+    logs.append(f"===== {name}: {res['status']} ({res['wall_s']} s) =====\n{log}\n")
+    if res["status"] != "ok":
+        res["log_tail"] = log[-LOG_TAIL:]
+    report["parts"][name] = res
+    print(f"[gpu_check] {name}: {res['status']} ({res['wall_s']} s)", flush=True)
+
+
+def _finish(report: dict, t_start: float, out: Path, logs: list[str]) -> None:
+    report["total_wall_s"] = round(time.perf_counter() - t_start, 2)
+    report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    report["ok"] = all(p["status"] == "ok" for p in report["parts"].values())
+    _write_outputs(report, out, logs)
 
 
 def _write_outputs(report: dict, out: Path, logs: list[str]) -> None:
@@ -970,10 +1003,13 @@ def format_summary(report: dict) -> str:
              f"{report['load_average_before']}, after {report.get('load_average_after')}", "",
              "| part | status | wall s | limit s |", "|---|---|---|---|"]
     for name, p in parts.items():
-        lines.append(f"| {name} | {p['status'][:160]} | {p['wall_s']} | {p['limit_s']:g} |")
+        lines.append(f"| {name} | {p['status'][:160]} | {_fmt(p['wall_s'])} | {p['limit_s']:g} |")
     for name, p in parts.items():
         r = p.get("results", {})
-        body = _SUMMARIES.get(name, lambda r: [])(r) if r else []
+        try:
+            body = _SUMMARIES.get(name, lambda r: [])(r) if r else []
+        except Exception as exc:                       # noqa: BLE001 — the summary must not fail
+            body = [f"- (summary not available: {type(exc).__name__}: {exc}; see report.json)"]
         if body:
             lines += ["", f"## {name}", "", *body]
     return "\n".join(lines) + "\n"
@@ -1111,8 +1147,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     limits = dict(SMALL_LIMITS if args.small else DEFAULT_LIMITS)
     limits.update(dict(args.limit))
-    report = run_check({n: PARTS[n] for n in args.part_names}, device=args.device, small=args.small,
-                       out=args.out, limits=limits, data_dir=args.data_dir, workdir=args.workdir, argv=argv)
+    try:
+        report = run_check({n: PARTS[n] for n in args.part_names}, device=args.device, small=args.small,
+                           out=args.out, limits=limits, data_dir=args.data_dir, workdir=args.workdir, argv=argv)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({exc}); the report so far is in {args.out}", file=sys.stderr)
+        return 130
     print(f"wrote {args.out}/report.json, summary.md, logs.txt ({report.get('total_wall_s', 0):.0f} s)")
     print(format_summary(report))
     return 0 if report.get("ok") else 1

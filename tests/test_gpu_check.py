@@ -83,6 +83,26 @@ def test_failing_parts_are_reported_and_the_check_goes_on(tmp_path):
     assert report["parts"]["ok"]["status"] == "ok"
 
 
+def test_sigterm_takes_the_running_part_down_and_keeps_the_report(tmp_path):
+    here = "tests.test_gpu_check"
+    code = ("import sys; from benchmarks import gpu_check; gpu_check.run_check("
+            f"{{'ok': '{here}:part_ok', 'hangs': '{here}:part_hangs', 'later': '{here}:part_ok'}}, device='cpu', "
+            f"small=True, out=sys.argv[1], limits={{'ok': 30, 'hangs': 60, 'later': 30}}, workdir=sys.argv[2])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out"), str(tmp_path / "work")])
+    result = tmp_path / "work" / "hangs" / "result.json"
+    deadline = time.time() + 40
+    while time.time() < deadline and "grandchild_pid" not in (result.read_text() if result.exists() else ""):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) != 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    parts = report["parts"]
+    assert parts["ok"]["status"] == "ok"
+    assert parts["hangs"]["status"].startswith("failed: the check was interrupted")
+    assert parts["later"]["status"].startswith("failed: the check was interrupted")
+    assert _gone_or_zombie(parts["hangs"]["results"]["grandchild_pid"])
+
+
 def test_replayed_step_uses_the_device_draws():
     """The comparison's CPU step replays the other problem's minibatches and Brownian
     increments exactly; without the replay the two steps differ."""
