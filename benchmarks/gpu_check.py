@@ -1050,7 +1050,9 @@ def _sum_figure2(r):
 
 
 def _sum_weak(r):
-    out = [f"- {k}: {_fmt(v['trajectory_steps_per_s'])} trajectory-steps/s" for k, v in r.get("runs", {}).items()]
+    out = [f"- {k}: {_fmt(v['trajectory_steps_per_s'])} trajectory-steps/s; "
+           + "; ".join(f"{_fmt(x)} {n.replace('_per_s', '/s')}" for n, x in v.items() if n.startswith("trajectories"))
+           for k, v in r.get("runs", {}).items()]
     if "extrapolated" in r:
         out.append(f"- extrapolated `--mode eta` (mlp-config gpu): {_hours(r['extrapolated']['mode_eta_total_s'])}")
     return out
