@@ -143,7 +143,7 @@ def test_small_cpu_check_is_complete_and_passes(small_check):
     for key in ("git_commit", "hostname", "date_utc", "total_wall_s"):
         assert report[key], key
     env = parts["env"]["results"]["env"]
-    assert env["torch"] and "cuda_runtime" in env
+    assert env["torch"] and "cuda_runtime" in env and report["environment"]["torch"] == env["torch"]
     assert parts["cuda_tests"]["results"]["pytest"]["outcomes"] == {"skipped": 3}      # no CUDA here
     r = parts["compare"]["results"]
     for dtype in ("float64", "float32"):
@@ -151,7 +151,9 @@ def test_small_cpu_check_is_complete_and_passes(small_check):
         assert set(errs["oracles"]) == {"g", "h", "t", "v"}
         assert set(errs["steps"]) == set(DYNAMICS)
         assert max(errs["oracles"].values()) == 0 and max(errs["steps"].values()) == 0   # CPU against CPU
-    assert parts["oracles"]["results"]["B=16"]["v2_over_gradient"] > 0
+    r = parts["oracles"]["results"]
+    assert r["B=16"]["v2_over_gradient"] > 0 and r["B=64"]["examples_enlarged_to_B"] is True
+    assert r["B=64"]["batch_size"] == 64
     r = parts["figure2"]["results"]
     assert set(r["seconds_per_step"]) == {"sam", "sam_sde2", "sam_sde3"} and r["extrapolated"]["total_s"] > 0
     r = parts["weak_error"]["results"]
