@@ -19,8 +19,8 @@ what it measured. Parts (``PARTS``; docs/gpu.md explains every number):
   every dynamics of ``sdesam.DYNAMICS``, the CPU step replaying the minibatches and
   Brownian increments the device step drew. Max relative error
   max|a − b| / max|a| of each vector (of the step increment x₁ − x₀ for steps).
-- ``oracles``: ``benchmarks.oracles`` on the device at B = 128 and B = 4096 (v² and a
-  step in units of one plain gradient, jet and generic autograd paths).
+- ``oracles``: ``benchmarks.oracles`` on the device at B = 128, 4096 and 32768 (v² and
+  a step in units of one plain gradient, jet and generic autograd paths).
 - ``figure2``: the ``figures.figure2 --full`` configuration for a few steps of each
   dynamics and one evaluation of the six metrics; extrapolated wall time of the run.
 - ``weak_error``: one chunk (32 trajectories) of ``validation.weak_error --problem mlp
@@ -278,7 +278,10 @@ def run_check(parts: dict[str, str], *, device: str, small: bool, out: Path, lim
     def terminated(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:                                 # not the main thread: no SIGTERM handling
+        previous = None
     try:
         for name, spec in parts.items():
             print(f"[gpu_check] {name} (limit {limits[name]:g} s) ...", flush=True)
@@ -299,7 +302,8 @@ def run_check(parts: dict[str, str], *, device: str, small: bool, out: Path, lim
             _add_part(report, name, res, logs)
             _finish(report, t_start, out, logs)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return report
 
 
