@@ -52,6 +52,7 @@ import math
 import os
 import pickle
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -833,10 +834,12 @@ def part_training(ctx: PartContext) -> None:
             key = f"{method}/{'fp32' if amp == 'none' else 'bf16'}"
             with ctx.item(key):
                 timer = _step_timer(ctx.device)
+                run_dir = ctx.workdir / "runs" / key.replace("/", "-")
+                shutil.rmtree(run_dir, ignore_errors=True)          # a reused --workdir: start afresh
                 cfg = TrainConfig(dataset="cifar10", data_dir=data_dir, model="resnet18", model_kwargs=width,
                                   method=method, steps=steps, epochs=None, batch_size=batch, p=p, q=q,
                                   amp=amp, device=ctx.device, eval_batch_size=batch if small else 1000,
-                                  out_dir=str(ctx.workdir / "runs" / key.replace("/", "-")), checkpoint=False,
+                                  out_dir=str(run_dir), checkpoint=False,
                                   progress=False)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
