@@ -381,9 +381,12 @@ def _kwargs_for(cls_or_fn, candidates: dict) -> dict:
 
 def _make_dynamics(name: str, problem, **candidates):
     """``make_dynamics(name, problem, ...)`` with the hyperparameters its class accepts."""
-    from sdesam.dynamics import _registry, make_dynamics
-    cls = _registry()[name]
-    return make_dynamics(name, problem, **_kwargs_for(cls.__init__, candidates))
+    from sdesam import dynamics
+    try:
+        kwargs = _kwargs_for(dynamics._registry()[name].__init__, candidates)
+    except (AttributeError, KeyError):               # registry reorganised: let make_dynamics judge
+        kwargs = candidates
+    return dynamics.make_dynamics(name, problem, **kwargs)
 
 
 # ======================================================================================
