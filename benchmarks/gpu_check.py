@@ -19,8 +19,8 @@ what it measured. Parts (``PARTS``; docs/gpu.md explains every number):
   every dynamics of ``sdesam.DYNAMICS``, the CPU step replaying the minibatches and
   Brownian increments the device step drew. Max relative error
   max|a − b| / max|a| of each vector (of the step increment x₁ − x₀ for steps).
-- ``oracles``: ``benchmarks.oracles`` on the device at B = 128 and B = 4096 (v² and a
-  step in units of one plain gradient, jet and generic autograd paths).
+- ``oracles``: ``benchmarks.oracles`` on the device at B = 128, 4096 and 32768 (v² and
+  a step in units of one plain gradient, jet and generic autograd paths).
 - ``figure2``: the ``figures.figure2 --full`` configuration for a few steps of each
   dynamics and one evaluation of the six metrics; extrapolated wall time of the run.
 - ``weak_error``: one chunk (32 trajectories) of ``validation.weak_error --problem mlp
@@ -52,6 +52,7 @@ import math
 import os
 import pickle
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -278,7 +279,10 @@ def run_check(parts: dict[str, str], *, device: str, small: bool, out: Path, lim
     def terminated(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:                                 # not the main thread: no SIGTERM handling
+        previous = None
     try:
         for name, spec in parts.items():
             print(f"[gpu_check] {name} (limit {limits[name]:g} s) ...", flush=True)
@@ -299,7 +303,8 @@ def run_check(parts: dict[str, str], *, device: str, small: bool, out: Path, lim
             _add_part(report, name, res, logs)
             _finish(report, t_start, out, logs)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return report
 
 
@@ -376,9 +381,12 @@ def _kwargs_for(cls_or_fn, candidates: dict) -> dict:
 
 def _make_dynamics(name: str, problem, **candidates):
     """``make_dynamics(name, problem, ...)`` with the hyperparameters its class accepts."""
-    from sdesam.dynamics import _registry, make_dynamics
-    cls = _registry()[name]
-    return make_dynamics(name, problem, **_kwargs_for(cls.__init__, candidates))
+    from sdesam import dynamics
+    try:
+        kwargs = _kwargs_for(dynamics._registry()[name].__init__, candidates)
+    except (AttributeError, KeyError):               # registry reorganised: let make_dynamics judge
+        kwargs = candidates
+    return dynamics.make_dynamics(name, problem, **kwargs)
 
 
 # ======================================================================================
@@ -829,10 +837,12 @@ def part_training(ctx: PartContext) -> None:
             key = f"{method}/{'fp32' if amp == 'none' else 'bf16'}"
             with ctx.item(key):
                 timer = _step_timer(ctx.device)
+                run_dir = ctx.workdir / "runs" / key.replace("/", "-")
+                shutil.rmtree(run_dir, ignore_errors=True)          # a reused --workdir: start afresh
                 cfg = TrainConfig(dataset="cifar10", data_dir=data_dir, model="resnet18", model_kwargs=width,
                                   method=method, steps=steps, epochs=None, batch_size=batch, p=p, q=q,
                                   amp=amp, device=ctx.device, eval_batch_size=batch if small else 1000,
-                                  out_dir=str(ctx.workdir / "runs" / key.replace("/", "-")), checkpoint=False,
+                                  out_dir=str(run_dir), checkpoint=False,
                                   progress=False)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
