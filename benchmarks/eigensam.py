@@ -170,4 +170,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from sdesam.cli import run_module
+    run_module("benchmarks.eigensam")

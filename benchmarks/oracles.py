@@ -161,4 +161,5 @@ def block_lines(label, hidden, batch_size, X, Y, sizes, repeats, device) -> list
 
 
 if __name__ == "__main__":
-    main()
+    from sdesam.cli import run_module
+    run_module("benchmarks.oracles")

@@ -13,6 +13,8 @@ def median_seconds(fn, repeats: int, warmup: int = 3, device="cpu") -> float:
     On CUDA every call is followed by a synchronisation, so the time includes the work
     the call queued on the device.
     """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"--repeats (timed calls) must be >= 1, got {repeats!r}")
     cuda = torch.device(device).type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(warmup):

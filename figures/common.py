@@ -1,6 +1,7 @@
 """Small helpers shared by the figure and table scripts: environment, atomic files."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -48,6 +49,22 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def check_counts(config, zero_allowed=()) -> None:
+    """Refuse, before anything runs, a count of 0 or an empty list in a figure's
+    configuration (a dataclass): every int field must be >= 1 (>= 0 for the names in
+    ``zero_allowed`` and for seeds, e.g. ``init_seed``), an optional int None or >= 1,
+    and every tuple non-empty. Raises ValueError naming the option."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, tuple) and not value:
+            raise ValueError(f"{flag} must list at least one value, got none")
+        if isinstance(value, int) and not isinstance(value, bool):
+            least = 0 if f.name in zero_allowed or f.name.endswith("_seed") else 1
+            if value < least:
+                raise ValueError(f"{flag} must be >= {least}, got {value}")
 
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:

@@ -35,13 +35,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sdesam._checks import check_choice, check_int, check_nonnegative, check_positive
 from sdesam.dynamics import make_dynamics
 from sdesam.metrics import FIGURE2_METRICS, ClassificationMetrics
 from sdesam.models import MLP
 from sdesam.problem import ModuleProblem
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, record_steps, run_trajectory
 
-from .common import resolve_device, save_figure, write_json_atomic, write_summary
+from .common import check_counts, resolve_device, save_figure, write_json_atomic, write_summary
 
 DYNAMICS = ("sam", "sam_sde2", "sam_sde3")
 LABELS = {"sam": "discrete SAM", "sam_sde2": "SAM-SDE2 (Eq. 3)", "sam_sde3": "SAM-SDE3 (Eq. 4)"}
@@ -69,6 +70,18 @@ class Config:
     @classmethod
     def full(cls) -> "Config":
         return cls(seeds=5, steps=3000, record_every=100, n_batches=32, substeps=2, hessian_examples=4096)
+
+    def validate(self) -> "Config":
+        """Check every value before anything is written (ValueError naming the option)."""
+        check_positive("eta", self.eta)
+        check_nonnegative("rho", self.rho)
+        check_positive("eig_tol", self.eig_tol)
+        check_choice("dtype", self.dtype, {"float32", "float64"})
+        check_counts(self)
+        check_int("n_batches (K, for a covariance)", self.n_batches, 2)
+        if "sam" not in self.dynamics:
+            raise ValueError("--dynamics must include sam (the reference of the discrepancy table)")
+        return self
 
 
 def load_problem(cfg: Config, device: torch.device, data_dir=None) -> ModuleProblem:
@@ -282,8 +295,7 @@ def main(argv=None) -> dict:
         v = getattr(args, f.name)
         if v is not None:
             setattr(cfg, f.name, tuple(v) if f.name == "dynamics" else v)
-    if "sam" not in cfg.dynamics:
-        raise SystemExit("--dynamics must include sam (the reference of the discrepancy table)")
+    cfg.validate()
     device = resolve_device(args.device)
     summary = run(cfg, args.out, device=device, data_dir=args.data_dir, progress=not args.no_progress)
     print(f"wrote {args.out}/figure2.png, figure2.pdf, records.csv, summary.json "
@@ -294,4 +306,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from sdesam.cli import run_module
+    run_module("figures.figure2")

@@ -84,6 +84,8 @@ class Config(TrainingSettings):
                    train_subset=None, test_subset=None, alphas=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5), p=100,
                    hessian_examples=2048, hessian_batch_size=256, slq_probes=10, slq_steps=100)
 
+    zero_allowed = ("spectrum_seeds",)      # counts that may be 0 (``check_counts``)
+
     def validate(self) -> "Config":
         if any(a < 0 for a in self.alphas) or len(set(self.alphas)) != len(self.alphas):
             raise ValueError(f"alphas must be distinct and >= 0, got {self.alphas}")
@@ -259,4 +261,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from sdesam.cli import run_module
+    run_module("figures.figure3")

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdesam.atomic import atomic_write_text
-from sdesam.cli import key_value, optional
+from sdesam.cli import key_value, optional, prog_name
 from sdesam.data import DatasetNotFoundError, load_dataset
 from sdesam.training import RESUME_MUTABLE_FIELDS, TrainConfig, table1, train
 from sdesam.training.files import FINAL_FILE, METRICS_FILE, STEPS_FILE, read_json, read_jsonl
 
-from .common import resolve_device, write_json_atomic
+from .common import check_counts, resolve_device, write_json_atomic
 from .table1 import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS, t_interval
 
 __all__ = ["TrainingSettings", "Run", "run_or_collect", "prepare_output", "add_config_arguments",
@@ -225,8 +225,10 @@ def parse_figure_command(name: str, doc: str, config_cls, argv=None):
     (``--out``, ``--full``, ``--device``, ``--data-dir``, ``--threads``, ``--no-progress``)
     plus one flag per field of ``config_cls``, applied to its quick default (or to
     ``config_cls.full()`` with ``--full``). Returns ``(args, config)`` with ``args.device``
-    resolved to a device string; an invalid value exits with a message naming it."""
-    ap = argparse.ArgumentParser(prog=f"python -m figures.{name}", description=doc,
+    resolved to a device string; an invalid value, a count of 0 or an empty list
+    (``check_counts``; ``config_cls.zero_allowed`` names the counts that may be 0) exits
+    with a message naming it, before anything runs."""
+    ap = argparse.ArgumentParser(prog=prog_name(f"python -m figures.{name}"), description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs") / name, help="output directory")
     ap.add_argument("--full", action="store_true", help="the paper's configuration (for GPUs)")
@@ -237,9 +239,19 @@ def parse_figure_command(name: str, doc: str, config_cls, argv=None):
     add_config_arguments(ap, config_cls, config_cls())
     args = ap.parse_args(argv)
     try:
-        config = config_from_args(args, config_cls.full() if args.full else config_cls()).validate()
+        config = config_from_args(args, config_cls.full() if args.full else config_cls())
+        check_counts(config, getattr(config_cls, "zero_allowed", ()))
+        config.validate()
+        if isinstance(config, TrainingSettings):
+            # one run's TrainConfig, so that a bad training value (--lr -1, --set …) stops
+            # here rather than after config.json is written
+            model = getattr(config, "model", None) or config.models[0]
+            try:
+                config.train_config("fashion_mnist", model, "eigen_sam", 0, Path(name))
+            except TypeError as err:
+                raise ValueError(f"--set names no TrainConfig field ({err})") from None
     except (TypeError, ValueError) as err:
-        raise SystemExit(f"{name}: {err}")
+        raise SystemExit(str(err))
     args.device = str(resolve_device(args.device))
     return args, config
 

@@ -197,19 +197,21 @@ def main(argv=None) -> int:
     ap.add_argument("--decimals", type=int, default=None, help="decimals shown (default 1; quick 2)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
-        ap.error(f"--jobs must be >= 1, got {args.jobs}")
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    if args.decimals is not None and args.decimals < 0:
+        raise SystemExit(f"--decimals must be >= 0, got {args.decimals}")
     tag = "table1-quick" if args.quick else "table1"
     datasets = args.datasets or (["fashion_mnist"] if args.quick else list(TABLE1_DATASETS))
     models = args.models or (["resnet18"] if args.quick else list(TABLE1_MODELS))
     if args.quick and (datasets != ["fashion_mnist"] or models != ["resnet18"]):
-        ap.error("--quick is the Fashion-MNIST / ResNet-18 grid; drop --datasets/--models")
+        raise SystemExit("--quick is the Fashion-MNIST / ResNet-18 grid; drop --datasets/--models")
     runs_dir = args.runs_dir or f"runs/{tag}"
     out = Path(args.out or Path(runs_dir) / "table1")
     try:
         configs = cell_configs(datasets, models, args.methods, args.seeds, runs_dir, args.quick,
                                dict(args.overrides))
     except (TypeError, ValueError) as err:
-        ap.error(str(err))
+        raise SystemExit(str(err))
     t0 = time.perf_counter()
     if not args.collect_only:
         run_grid(configs, args.jobs)
@@ -228,4 +230,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sdesam.cli import run_module
+    run_module("figures.table1")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import typing
 
 from .cli import key_value, optional
@@ -106,4 +105,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sdesam.cli import run_module
+    run_module("sdesam.train")

@@ -216,3 +216,22 @@ def test_a_broken_rule_raises_an_error_naming_it():
         opt.step(lambda: model(torch.randn(2, 4, dtype=DTYPE)).sum())
     # a non-finite gradient is not the rule's fault: ε follows it, no error here
     assert torch.isnan(perturbations.SAM()(torch.full((3,), float("nan")))).all()
+
+
+def test_custom_rule_example_runs(tmp_path, monkeypatch, capsys):
+    """examples/custom_rule.py: a new rule in a few lines, discrete next to its SDE3."""
+    import re
+    import runpy
+    from pathlib import Path
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "custom_rule.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    losses = {}
+    for name in ("perturbed", "sam_sde3"):
+        for t in ("0.0", "2.0"):
+            m = re.search(rf"sign_sam {name}\s+train loss at t = {t}: (\d\.\d{{4}}) \(mean of 4 seeds\)", out)
+            assert m, out
+            losses[name, t] = float(m.group(1))
+    assert losses["perturbed", "0.0"] == losses["sam_sde3", "0.0"]
+    assert losses["perturbed", "2.0"] < 0.5 * losses["perturbed", "0.0"]
+    assert losses["sam_sde3", "2.0"] < 0.5 * losses["sam_sde3", "0.0"]

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from sdesam._checks import check_choice, check_int, check_positive
+from sdesam.cli import prog_name
 from sdesam.atomic import atomic_open, atomic_write_text
 
 from .distributed import init_comm
@@ -88,7 +89,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m validation.weak_error", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=prog_name("python -m validation.weak_error"), description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", default="eta", help="eta | rho | ablation | all")
     p.add_argument("--problem", default="logcosh", help=f"one of {sorted(TOY_PROBLEMS)} or 'mlp'")
@@ -151,6 +152,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_choice("problem", args.problem, set(TOY_PROBLEMS) | {"mlp"})
     check_choice("diffusion", args.diffusion, {"taylor", "paper"})
     check_choice("device", args.device.split(":")[0], {"cpu", "cuda"})
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
     if args.dtype is not None:
         check_choice("dtype", args.dtype, {"float32", "float64"})
     check_int("n_boot", args.n_boot, 100)
@@ -159,6 +162,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         check_choice("test function", t, set(TESTS))
     if len(set(args.tests)) != len(args.tests) or not args.tests:
         raise ValueError(f"tests must be distinct and non-empty, got {args.tests}")
+    if not args.ablation_batches:
+        raise ValueError("ablation_batches must list at least one K, got none")
     if args.problem == "mlp":
         from .mlp import MLP_CONFIGS
         check_choice("mlp_config", args.mlp_config, MLP_CONFIGS)
@@ -454,17 +459,18 @@ def main(argv=None) -> None:
         args = parse_args(argv)
         args.argv = argv
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog_name('python -m validation.weak_error')}: error: {exc}", file=sys.stderr)
         raise SystemExit(2)
     comm = init_comm(args.device)
     try:
         prepared = _resolve(args)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog_name('python -m validation.weak_error')}: error: {exc}", file=sys.stderr)
         comm.close()
         raise SystemExit(2)
     run(args, prepared, comm)
 
 
 if __name__ == "__main__":
-    main()
+    from sdesam.cli import run_module
+    run_module("validation.weak_error")
