@@ -147,7 +147,7 @@ def test_eigen_sam_equals_eq8(bn, explicit):
     net = make_net(bn=bn)
     X, Y = make_data()
     batches = [(X[4 * k:4 * k + 4], Y[4 * k:4 * k + 4]) for k in range(3)]
-    opt = EigenSAM(net.parameters(), rho=RHO, alpha=0.5, p=2, q=3, model=net, seed=3, **sgd_kwargs())
+    opt = EigenSAM(net.parameters(), rho=RHO, alpha=0.5, p=2, q=3, model=net, seed=3, estimator="power", **sgd_kwargs())
     v0 = opt.eigenvector.clone()
     assert torch.allclose(v0.norm(), torch.tensor(1.0, dtype=DTYPE))
     hand = HandEigenSAM(net, v0, alpha=0.5, p=2, q=3)
@@ -179,13 +179,13 @@ def test_batchnorm_statistics_come_from_the_clean_pass_only():
     expected = copy.deepcopy(net).train()
     with torch.no_grad():
         expected(X)
-    opt = EigenSAM(net.parameters(), rho=RHO, p=1, q=2, model=net, **sgd_kwargs())
+    opt = EigenSAM(net.parameters(), rho=RHO, p=1, q=2, model=net, estimator="power", **sgd_kwargs())
     opt.step(closure_for(net, X, Y))
     for name, buf in expected.named_buffers():
         assert torch.equal(dict(net.named_buffers())[name], buf), name
     # the explicit API: update_eigenvector and the frozen perturbed pass do not count either
     net2 = make_net(bn=True)
-    opt2 = EigenSAM(net2.parameters(), rho=RHO, p=1, q=2, model=net2, **sgd_kwargs())
+    opt2 = EigenSAM(net2.parameters(), rho=RHO, p=1, q=2, model=net2, estimator="power", **sgd_kwargs())
     opt2.update_eigenvector(closure_for(net2, X, Y))
     assert int(net2[1].num_batches_tracked) == 0
     closure_for(net2, X, Y)().backward()
@@ -203,7 +203,7 @@ def test_eigen_sam_eval_mode_hvps_and_official_switches():
     with torch.no_grad():                   # give BN non-trivial running statistics
         net(X * 2 + 1)
     batches = [(X[4 * k:4 * k + 4], Y[4 * k:4 * k + 4]) for k in range(3)]
-    opt = EigenSAM(net.parameters(), rho=RHO, alpha=0.4, p=2, q=2, first_refresh="after_p",
+    opt = EigenSAM(net.parameters(), rho=RHO, alpha=0.4, p=2, q=2, first_refresh="after_p", estimator="power",
                    hvp_mode="eval", renormalize=True, model=net, seed=5, **sgd_kwargs())
     v0 = opt.eigenvector.clone()
     hand = HandEigenSAM(net, v0, alpha=0.4, p=2, q=2, first_refresh="after_p", renormalize=True,
@@ -328,7 +328,7 @@ def test_trajectory_equals_core_integrator(p_counting, first_refresh):
                         first_refresh=first_refresh)
     state = core.init_state(seed=4)
     net = make_net(bn=False)
-    opt = EigenSAM(net.parameters(), rho=RHO, alpha=0.5, p=3, q=2, p_counting=p_counting,
+    opt = EigenSAM(net.parameters(), rho=RHO, alpha=0.5, p=3, q=2, p_counting=p_counting, estimator="power",
                    first_refresh=first_refresh, steps_per_epoch=core.steps_per_epoch, **sgd_kwargs())
     v0 = random_unit_vector((1, problem.dim), generator=seeded_generator(4, STREAM_INIT, 0), dtype=DTYPE)[0]
     sd = opt.state_dict()

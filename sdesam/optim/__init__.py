@@ -15,9 +15,9 @@ refresh schedule (``sdesam.refresh``) with the simulation core.
 """
 from .base import Closure, WrappedOptimizer
 from .egr import EGR
-from .eigen_sam import HVP_MODES, EigenSAM
+from .eigen_sam import ESTIMATORS, HVP_METHODS, HVP_MODES, EigenSAM
 from .norm_stats import PERTURBED_BN, eval_mode, frozen_running_stats, zero_momentum
 from .sam import SAM
 
-__all__ = ["SAM", "EigenSAM", "EGR", "HVP_MODES", "PERTURBED_BN", "WrappedOptimizer", "Closure",
+__all__ = ["SAM", "EigenSAM", "EGR", "HVP_MODES", "ESTIMATORS", "HVP_METHODS", "PERTURBED_BN", "WrappedOptimizer", "Closure",
            "frozen_running_stats", "zero_momentum", "eval_mode"]

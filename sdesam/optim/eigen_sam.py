@@ -43,20 +43,44 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import perturbations
 from .._checks import check_choice, check_int
 from ..curvature.power import power_iteration, random_unit_vector
+from ..curvature.short_lanczos import lanczos_iteration
 from ..refresh import RefreshSchedule
 from .base import Closure
 from .norm_stats import eval_mode, frozen_running_stats
 from .sam import SAM
 
-__all__ = ["EigenSAM", "HVP_MODES"]
+__all__ = ["EigenSAM", "HVP_MODES", "ESTIMATORS", "HVP_METHODS", "DEFAULT_PRODUCTS"]
 
 #: ``"train"``: products of the training-mode loss (paper); ``"eval"``: eval mode (official code).
 HVP_MODES = ("train", "eval")
+#: how a refresh turns q products into v̂: ``"power"`` (paper Algorithm 1,
+#: ``power_iteration``) or ``"lanczos"`` (``short_lanczos.lanczos_iteration``: the top
+#: Ritz vector of the q-dimensional Krylov space of the same warm start).
+ESTIMATORS = ("power", "lanczos")
+#: q when not given, per estimator
+DEFAULT_PRODUCTS = {"power": 5, "lanczos": 4}
+#: how one product H v is computed: reverse-over-reverse on the clean pass's graph
+#: (``"double_backward"``) or ``torch.func.jvp`` of ``torch.func.grad``
+#: (``"forward_over_reverse"``: a forward and a backward pass per product, needs ``model``).
+HVP_METHODS = ("double_backward", "forward_over_reverse")
+
+
+class _ClosureModule(nn.Module):
+    """Evaluates a closure; holds its model so that ``functional_call`` can substitute
+    the model's parameters while the closure runs."""
+
+    def __init__(self, model: nn.Module, closure: Closure):
+        super().__init__()
+        self.model = model
+        self.closure = closure
+
+    def forward(self) -> Tensor:
+        return self.closure()
 
 
 class EigenSAM(SAM):
@@ -66,7 +90,10 @@ class EigenSAM(SAM):
         params, base_optimizer, rho, model, sync_perturbation, **base_kwargs: as ``SAM``.
         alpha: alignment strength α ≥ 0 (paper 0.2; α = 0 is SAM).
         p: refresh interval in steps (paper 100).
-        q: power iterations per refresh (paper 5).
+        q: Hessian-vector products per refresh (paper: 5 power iterations); None =
+            ``DEFAULT_PRODUCTS[estimator]``.
+        estimator: one of ``ESTIMATORS``.
+        hvp_method: one of ``HVP_METHODS``.
         p_counting, first_refresh, steps_per_epoch: see ``sdesam.refresh.RefreshSchedule``.
         hvp_mode: one of ``HVP_MODES`` (``"eval"`` needs ``model``).
         renormalize: use ε/‖ε‖ instead of Eq. 8's ε (a variant; neither the paper nor
@@ -85,16 +112,22 @@ class EigenSAM(SAM):
     estimates_eigenvector = True
 
     def __init__(self, params, base_optimizer=None, *, rho: float = 0.05, alpha: float = 0.2,
-                 p: int = 100, q: int = 5, p_counting: str = "global", first_refresh: str = "start",
+                 p: int = 100, q: int | None = None, p_counting: str = "global", first_refresh: str = "start",
                  steps_per_epoch: int | None = None, hvp_mode: str = "train",
                  renormalize: bool = False, seed: int = 0, model=None, sync_perturbation: bool = True,
-                 perturbed_bn: str = "frozen", **base_kwargs):
+                 perturbed_bn: str = "frozen", estimator: str = "lanczos",
+                 hvp_method: str = "double_backward", **base_kwargs):
         super().__init__(params, base_optimizer, rho=rho,
                          rule=perturbations.EigenSAM(alpha, renormalize=renormalize),
                          model=model, sync_perturbation=sync_perturbation, perturbed_bn=perturbed_bn,
                          **base_kwargs)
         self.schedule = RefreshSchedule(p, p_counting, first_refresh, steps_per_epoch)
-        self.q = check_int("q", q, 1)
+        self.estimator = check_choice("estimator", estimator, ESTIMATORS)
+        self.q = check_int("q", DEFAULT_PRODUCTS[self.estimator] if q is None else q, 1)
+        self.hvp_method = check_choice("hvp_method", hvp_method, HVP_METHODS)
+        if self.hvp_method == "forward_over_reverse" and (model is None or self._ddp() is not None):
+            raise ValueError("hvp_method='forward_over_reverse' needs model= (a plain nn.Module, "
+                             "not DistributedDataParallel)")
         self.hvp_mode = check_choice("hvp_mode", hvp_mode, HVP_MODES)
         if self.hvp_mode == "eval" and model is None:
             raise ValueError("hvp_mode='eval' needs the model: pass model=...")
@@ -107,7 +140,7 @@ class EigenSAM(SAM):
 
     #: the settings ``official()`` fixes (RitianLuo/EigenSAM)
     OFFICIAL = dict(p_counting="epoch", first_refresh="after_p", hvp_mode="eval",
-                    perturbed_bn="zero_momentum", renormalize=False)
+                    perturbed_bn="zero_momentum", renormalize=False, estimator="power")
 
     @classmethod
     def official(cls, params, *, model, steps_per_epoch: int, lr: float, rho: float = 0.05,
@@ -139,8 +172,9 @@ class EigenSAM(SAM):
         """Whether the coming step (``self.steps``) re-estimates v̂ and has not yet done so."""
         return self.schedule.refreshes_at(self.steps) and self._estimated_at != self.steps
 
-    def _estimate(self, grads) -> None:
-        result = power_iteration(self._hvp_function(grads, self.sync_perturbation), self.eigenvector, self.q)
+    def _estimate(self, hvp) -> None:
+        estimate = power_iteration if self.estimator == "power" else lanczos_iteration
+        result = estimate(hvp, self.eigenvector, self.q)
         self.eigenvector = result.vector.detach()
         self.eigenvalue = float(result.eigenvalue)
         self.has_estimate = True
@@ -167,8 +201,11 @@ class EigenSAM(SAM):
         saved = [p.grad for p in params]
         try:
             with self._hvp_context():
-                _, grads = self._gradient_graph(closure)
-                self._estimate(grads)
+                if self.hvp_method == "forward_over_reverse":
+                    self._estimate(self._jvp_hvp_function(closure))
+                else:
+                    _, grads = self._gradient_graph(closure)
+                    self._estimate(self._hvp_function(grads, self.sync_perturbation))
         finally:
             for p, g in zip(params, saved):
                 p.grad = g
@@ -178,10 +215,30 @@ class EigenSAM(SAM):
         """Training-mode refresh sharing the clean pass: one forward, the gradient with its
         graph, q products on that graph, then the gradient into ``.grad``."""
         loss, grads = self._gradient_graph(closure)
-        self._estimate(grads)
+        self._estimate(self._hvp_function(grads, self.sync_perturbation))
         g = self._flatten([None if t is None else t.detach() for t in grads])
         self._set_grads(self._perturbation_mean_(g))
         return loss
+
+    def _jvp_hvp_function(self, closure: Closure):
+        """v (d,) ↦ H v by forward-over-reverse: ``torch.func.jvp`` of ``torch.func.grad``
+        of the closure's loss, the parameters substituted by ``functional_call``."""
+        from torch.func import functional_call, grad, jvp
+
+        params = self._params()
+        names_by_id = {id(p): "model." + name for name, p in self.model.named_parameters()}
+        names = [names_by_id[id(p)] for p in params]
+        wrapper = _ClosureModule(self.model, closure)
+
+        def loss(tensors):
+            return functional_call(wrapper, dict(zip(names, tensors)), ())
+
+        def hvp(v: Tensor) -> Tensor:
+            primals = tuple(p.detach() for p in params)
+            _, products = jvp(grad(loss), (primals,), (tuple(self._split(v)),))
+            return self._flatten(products)
+
+        return hvp
 
     # -- Eq. 7-8 ----------------------------------------------------------------------------
     def _coefficients(self, g: Tensor):
@@ -205,7 +262,7 @@ class EigenSAM(SAM):
         if closure is None:
             raise ValueError("EigenSAM.step needs a closure that returns the minibatch loss, or "
                              "use update_eigenvector()/first_step()/second_step()")
-        if self.refresh_due and self.hvp_mode == "train":
+        if self.refresh_due and self.hvp_mode == "train" and self.hvp_method == "double_backward":
             loss = self._clean_pass_with_estimate(closure)
         else:
             if self.refresh_due:
@@ -218,6 +275,7 @@ class EigenSAM(SAM):
         return {**super()._extra_state(), "eigenvector": self.eigenvector.clone(),
                 "eigenvalue": self.eigenvalue, "has_estimate": self.has_estimate,
                 "estimated_at": self._estimated_at, "q": self.q, "hvp_mode": self.hvp_mode,
+                "estimator": self.estimator, "hvp_method": self.hvp_method,
                 "p": self.schedule.p, "p_counting": self.schedule.p_counting,
                 "first_refresh": self.schedule.first_refresh, "perturbed_bn": self.perturbed_bn}
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .._checks import check_choice, check_int, check_nonnegative, check_positive
 from ..data import DATASET_NAMES
 from ..models import MODEL_NAMES
-from ..optim import HVP_MODES, PERTURBED_BN
+from ..optim import ESTIMATORS, HVP_METHODS, HVP_MODES, PERTURBED_BN
 from ..refresh import FIRST_REFRESHES, P_COUNTINGS
 
 __all__ = ["TrainConfig", "METHODS", "SCHEDULES", "NORMALIZATIONS", "AMP_MODES",
@@ -60,8 +60,9 @@ class TrainConfig:
         lr, momentum, nesterov, weight_decay: the SGD base optimizer.
         schedule: one of ``SCHEDULES`` (cosine is applied per step).
         rho: SAM radius ρ (also EGR's coefficient; unused by SGD).
-        alpha, p, q, p_counting, first_refresh, hvp_mode, renormalize: Eigen-SAM
-            (see ``sdesam.optim.EigenSAM``); unused by other methods.
+        alpha, p, q, p_counting, first_refresh, hvp_mode, renormalize, estimator,
+            hvp_method: Eigen-SAM (see ``sdesam.optim.EigenSAM``; q None = the estimator's
+            default); unused by other methods.
         perturbed_bn: how the perturbed pass of SAM, USAM, Reverse-SAM and Eigen-SAM
             treats BatchNorm buffers, one of ``sdesam.optim.PERTURBED_BN`` (see
             ``sdesam.optim.SAM``; the ``official`` preset sets ``"zero_momentum"``).
@@ -104,12 +105,14 @@ class TrainConfig:
     rho: float = 0.05
     alpha: float = 0.2
     p: int = 100
-    q: int = 5
+    q: int | None = None
     p_counting: str = "global"
     first_refresh: str = "start"
     hvp_mode: str = "train"
     renormalize: bool = False
     perturbed_bn: str = "frozen"
+    estimator: str = "lanczos"
+    hvp_method: str = "double_backward"
     sync_perturbation: bool = True
     drop_last: bool = True
     seed: int = 0
@@ -139,15 +142,17 @@ class TrainConfig:
         check_choice("first_refresh", self.first_refresh, FIRST_REFRESHES)
         check_choice("hvp_mode", self.hvp_mode, HVP_MODES)
         check_choice("perturbed_bn", self.perturbed_bn, PERTURBED_BN)
+        check_choice("estimator", self.estimator, ESTIMATORS)
+        check_choice("hvp_method", self.hvp_method, HVP_METHODS)
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs must be a dict, got model_kwargs={self.model_kwargs!r}")
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of epochs and steps, got "
                              f"epochs={self.epochs!r}, steps={self.steps!r}")
-        for name in ("epochs", "steps", "train_subset", "test_subset", "input_size", "threads"):
+        for name in ("epochs", "steps", "train_subset", "test_subset", "input_size", "threads", "q"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), 1)
-        for name in ("batch_size", "eval_batch_size", "p", "q", "log_every"):
+        for name in ("batch_size", "eval_batch_size", "p", "log_every"):
             check_int(name, getattr(self, name), 1)
         for name in ("subset_seed", "seed"):
             check_int(name, getattr(self, name), 0)

@@ -175,6 +175,7 @@ class _Run:
             return EigenSAM(params, alpha=c.alpha, p=c.p, q=c.q, p_counting=c.p_counting,
                             first_refresh=c.first_refresh, steps_per_epoch=steps_per_epoch,
                             hvp_mode=c.hvp_mode, renormalize=c.renormalize, perturbed_bn=c.perturbed_bn,
+                            estimator=c.estimator, hvp_method=c.hvp_method,
                             seed=derived_seed(c.seed, _STREAM_EIGVEC), **common)
         return SAM(params, rule=c.method, perturbed_bn=c.perturbed_bn, **common)
 
