@@ -249,7 +249,10 @@ def plot(records: list[dict], cfg: Config, hessian_examples: int):
 # ------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------
-def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress: bool = True) -> dict:
+def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress: bool = True,
+        collect: bool = False) -> dict:
+    """Run (or continue) every (method, seed) pair and write the outputs; with ``collect``
+    only aggregate the pairs that have finished (the summary lists the missing ones)."""
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
@@ -261,7 +264,7 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
     steps = record_steps(cfg.steps, cfg.record_every)
     pairs = [(d, s) for s in range(cfg.seeds) for d in dynamics]      # seeds outermost: partial runs stay balanced
     bar = tqdm(total=len(pairs) * len(steps), desc="causal_mlp", unit="record", disable=not progress)
-    runs = {}
+    runs, missing = {}, []
     try:
         for dyn, seed in pairs:
             run_id = f"{dyn.name}-seed{seed}"
@@ -269,6 +272,9 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
             if done.exists():
                 runs[run_id] = json.loads(done.read_text())
                 bar.update(len(steps))
+                continue
+            if collect:
+                missing.append(run_id)
                 continue
             bar.set_postfix_str(run_id)
             t0 = time.perf_counter()
@@ -315,7 +321,7 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
         "run_wall_seconds": {k: v["wall_seconds"] for k, v in runs.items()},
         "discrepancy": tables, "discrepancy_definition": discrepancy_tables.__doc__.strip(),
         "lambda1_drop": drops, "answers": answers(tables, drops), "alignment": align,
-        "eigen_diagnostics": eig_diag, "record_fields": list(RECORD_FIELDS),
+        "eigen_diagnostics": eig_diag, "record_fields": list(RECORD_FIELDS), "missing_runs": missing,
     }
     summary = write_summary(summary, out, device, t_start)
     summary["table_text"] = text
@@ -339,6 +345,7 @@ def parse_args(argv=None):
             ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                             help=f"default {f.default} (quick)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("--collect", action="store_true", help="only aggregate the finished runs in --out")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
@@ -353,7 +360,7 @@ def main(argv=None) -> dict:
         if v is not None:
             setattr(cfg, f.name, tuple(v) if f.name == "dynamics" else v)
     summary = run(cfg, args.out, device=resolve_device(args.device), data_dir=args.data_dir,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, collect=args.collect)
     print(f"wrote {args.out}/causal_mlp.png, .pdf, records.csv, discrepancy.md, summary.json "
           f"({summary['wall_seconds_this_invocation']:.0f} s)")
     print(summary["table_text"])

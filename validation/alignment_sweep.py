@@ -30,7 +30,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import platform
 import sys
@@ -38,7 +37,6 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sdesam.atomic import atomic_write_text
