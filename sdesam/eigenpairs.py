@@ -6,8 +6,10 @@ Hessian H_γ = ∇²f_γ(x), and the gap λ₁ − λ₂ that Assumption B.2 nee
 ∇λ₁(H_γ) = ∇³f_γ[v₁, v₁] to exist. Two methods:
 
 * ``"dense"``: H_γ formed from d Hessian-vector products (the problem's own ``hvp``,
-  vectorised over all minibatches and points) and ``torch.linalg.eigh`` in float64.
-  Exact to rounding; for small d only (``max_dense_dim``, else ``ValueError``).
+  vectorised over all minibatches and points), or from the problem's closed-form
+  ``hessian(x, batch)`` / ``full_hessian(x)`` when it has them (the GLM toys of
+  ``validation.toy``: ~100× faster), and ``torch.linalg.eigh`` in float64. Exact to
+  rounding; for small d only (``max_dense_dim``, else ``ValueError``).
 * ``"lanczos"``: ``sdesam.curvature.lanczos`` (full reorthogonalisation, k = 2 so that
   λ₂ and with it the gap come out too) on ``problem.hvp_at`` per minibatch, started
   from ``v0`` (the previous sub-step's vector of the same slot: a warm start), stopped
@@ -126,6 +128,9 @@ def minibatch_top_eigenpairs(problem: Problem, x: Tensor, batch: Tensor, *, meth
     max_iters = check_int("max_iters", max_iters, 2)
     S = torch.broadcast_shapes(x.shape[:-1], batch.shape[:-1])
     if method == "dense":
+        if callable(getattr(problem, "hessian", None)):            # closed form (toy problems)
+            H = problem.hessian(x, batch).to(torch.float64)
+            return _dense_pairs(0.5 * (H + H.transpose(-1, -2)), x.dtype)
         # the d unit vectors ride on an extra leading axis of x (the oracles broadcast)
         xe = x.expand(*S, d)[..., None, :].expand(*S, d, d)
         H = _dense_from_hvp(lambda E: problem.hvp(xe, batch[..., None, :], E), d, x)
@@ -148,8 +153,10 @@ def full_hessian_top_eigenvector(problem: Problem, x: Tensor, *, method: str = "
                                  generator: torch.Generator | None = None) -> TopEigenpairs:
     """Top eigenpair of the full-batch Hessian ∇²f(x) at each point x (M, d).
 
-    The Hessian is, exactly, the mean of H_γ over all C(n, B) enumerated minibatches
-    (uniform B-subsets: E_γ H_γ = ∇²f) when ``hessian_subset`` is None, else the Hessian
+    The Hessian is, exactly, the mean of H_γ over n cyclic minibatches that cover every
+    example B times (f_γ is a mean of per-example losses, so their mean is f), or the
+    problem's closed-form ``full_hessian(x)`` when it has one (the GLM toys), when
+    ``hessian_subset`` is None; else the Hessian
     of the mean loss over the training examples ``hessian_subset`` (a LongTensor of
     indices; ``ModuleProblem`` only — how the MLP measurement keeps it affordable).
     Returns ``TopEigenpairs`` with S = (M,).
@@ -170,7 +177,10 @@ def full_hessian_top_eigenvector(problem: Problem, x: Tensor, *, method: str = "
         return TopEigenpairs(value=r.value[:, 0], vector=r.vector[:, 0], gap=r.gap[:, 0],
                              residual=r.residual[:, 0], scale=r.scale[:, 0], num_hvps=r.num_hvps,
                              method=r.method)
-    batches = problem.enumerate_batches()                                   # (N, B)
+    if method == "dense" and callable(getattr(problem, "full_hessian", None)):   # closed form (toys)
+        H = problem.full_hessian(x).to(torch.float64)
+        return _dense_pairs(0.5 * (H + H.transpose(-1, -2)), x.dtype)
+    batches = _covering_batches(problem)
     N = batches.shape[0]
     if method == "dense":
         xe = x[:, None, None, :].expand(M, 1, d, d)
@@ -189,14 +199,21 @@ def full_hessian_top_eigenvector(problem: Problem, x: Tensor, *, method: str = "
                          scale=t(scale), num_hvps=hvps, method="lanczos")
 
 
+def _covering_batches(problem: Problem) -> Tensor:
+    """n minibatches {i, i+1, …, i+B−1 (mod n)}, i < n: each example lies in exactly B of
+    them, so the mean of their f_γ (a mean of per-example losses) is f — the full-batch
+    Hessian exactly, with n instead of C(n, B) minibatches."""
+    n, B = problem.n_train, problem.batch_size
+    return (torch.arange(n)[:, None] + torch.arange(B)[None, :]).remainder(n).to(problem.device)
+
+
 def check_hessian_subset(problem: Problem, subset: Tensor | None) -> Tensor | None:
-    """The training-example subset of a full-batch Hessian: None for enumerable toys;
-    for a ``ModuleProblem`` None means all n examples."""
+    """The training-example subset of a full-batch Hessian: None (all n examples, exact)
+    for other problems; for a ``ModuleProblem`` None means all n examples too."""
     if not isinstance(problem, ModuleProblem):
         if subset is not None:
             raise ValueError("hessian_subset needs a ModuleProblem; the full-batch Hessian of "
-                             f"{type(problem).__name__} is exact (enumerated minibatches)")
-        problem.enumerate_batches()          # raises ValueError when it cannot
+                             f"{type(problem).__name__} is exact (all n examples)")
         return None
     if subset is None:
         return torch.arange(problem.n_train, device=problem.device)

@@ -42,12 +42,13 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_int, check_nonnegative, check_positive
+from ._checks import check_choice, check_int, check_nonnegative
 from .dynamics import Dynamics, RunState
-from .eigenpairs import EigenSolverMixin
+from .eigenpairs import (MAX_DENSE_DIM, EigenSolverMixin, check_hessian_subset, minibatch_top_eigenpairs,
+                         top_eigenvector)
 from .integrators import STREAM_EIGEN, STREAM_NOISE, draw_batches
 from .oracles import check_order
-from .perturbations import get_rule
+from .perturbations import Direction, EigenSAM, get_rule
 from .problem import Problem, derived_seed, seeded_generator
 
 __all__ = ["SAMFamilySDE", "SGDSDE", "SAMSDE2", "SAMSDE3", "AlignedSDE", "AlignedSDE5", "AlignedSDE6",
@@ -318,7 +319,6 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
     def __init__(self, problem: Problem, eta: float, rho: float, *, form: str = "eq5", eig_method: str = "auto",
                  eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int | None = None,
                  gap_rtol: float = 1e-3, **kwargs):
-        from .eigenpairs import MAX_DENSE_DIM
         super().__init__(problem, eta, rho, order=2, rule="sam", **kwargs)
         self.form = check_choice("form", form, {"eq5", "eq6"})
         self._init_eigensolver(eig_method, eig_tol, eig_max_iters,
@@ -331,8 +331,6 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
         return {**super().config(), "form": self.form, **self._eig_config(), "gap_rtol": self.gap_rtol}
 
     def _drift_vectors(self, tv, x, batches, index):
-        from .eigenpairs import minibatch_top_eigenpairs
-        from .perturbations import Direction
         S = tv.g.shape[:-1]
         gen = seeded_generator(self.seed, STREAM_EIGEN, index, device=self.problem.device)
         eig = minibatch_top_eigenpairs(self.problem, x, batches, method=self.eig_method, tol=self.eig_tol,
@@ -415,8 +413,6 @@ class EigenSAMSDE(EigenSolverMixin, SAMFamilySDE):
     def __init__(self, problem: Problem, eta: float, rho: float, alpha: float = 0.2, *,
                  eigvec_source: str = "full", hessian_subset: Tensor | None = None, eig_method: str = "auto",
                  eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int | None = None, **kwargs):
-        from .eigenpairs import MAX_DENSE_DIM, check_hessian_subset
-        from .perturbations import EigenSAM
         if "rule" in kwargs:
             raise ValueError("EigenSAMSDE sets its own rule (Eigen-SAM with alpha); got rule="
                              f"{kwargs['rule']!r}")
@@ -433,7 +429,6 @@ class EigenSAMSDE(EigenSolverMixin, SAMFamilySDE):
                 **self._eig_config()}
 
     def _taylor(self, x, batches, index):
-        from .eigenpairs import top_eigenvector
         eig = top_eigenvector(self, x[:, 0], x, batches, index, self.seed)
         self.last_eigenpairs = eig
         v = eig.vector[:, None, :] if self.eigvec_source == "full" else eig.vector

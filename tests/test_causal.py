@@ -132,11 +132,11 @@ def test_rank_one_toy_differences_are_second_order():
 
 
 def test_drift_is_invariant_under_the_sign_of_v1(monkeypatch):
-    from sdesam import eigenpairs
+    from sdesam import sde
     p = logcosh_problem(n=6, d=3, batch_size=2)
     x = torch.stack([p.x0, -0.5 * p.x0])
     base = _drifts(p, x, names=("aligned_sde5", "aligned_sde6"))
-    orig = eigenpairs.minibatch_top_eigenpairs
+    orig = sde.minibatch_top_eigenpairs
     seen = {}
 
     def flipped(*a, **k):
@@ -144,7 +144,7 @@ def test_drift_is_invariant_under_the_sign_of_v1(monkeypatch):
         seen["v"] = r.vector
         r.vector = -r.vector
         return r
-    monkeypatch.setattr(eigenpairs, "minibatch_top_eigenpairs", flipped)
+    monkeypatch.setattr(sde, "minibatch_top_eigenpairs", flipped)
     flip = _drifts(p, x, names=("aligned_sde5", "aligned_sde6"))
     g = p.gradient(x[:, None, :], p.enumerate_batches())
     s = torch.einsum("mkd,mkd->mk", g, seen["v"]).sign()

@@ -6,7 +6,7 @@ import numpy as np
 __all__ = ["plot_sweep", "plot_ablation"]
 
 COLORS = {"sgd_sde": "tab:gray", "sam_sde2": "tab:blue", "sam_sde3": "tab:red"}
-LABELS = {"sgd_sde": "SGD-SDE", "sam_sde2": "SAM-SDE2", "sam_sde3": "SAM-SDE3"}
+LABELS = {"sgd_sde": "SGD-SDE", "sam_sde2": "SAM-SDE2", "sam_sde3": "SAM-SDE3", "eigen_sam_sde": "Eigen-SAM SDE"}
 
 
 def _plt():

@@ -218,11 +218,21 @@ class GLMProblem(Problem):
 
     # -- diagnostics ------------------------------------------------------------------
     def full_hessian(self, x: Tensor) -> Tensor:
-        """∇²f(x) over all n examples, x (d,) → (d, d) (small d only)."""
-        r = self.A @ x - self.y
+        """∇²f(x) over all n examples, x (*S, d) → (*S, d, d) (small d only)."""
+        r = x @ self.A.T - self.y
         _, d2 = self._derivs(r, 2)
-        H = (self.A.T * d2) @ self.A / self.n_train
+        H = torch.einsum("...n,ni,nj->...ij", d2, self.A, self.A) / self.n_train
         return H + self.l2 * torch.eye(self.dim, dtype=x.dtype, device=x.device)
+
+    def hessian(self, x: Tensor, batch: Tensor) -> Tensor:
+        """H_γ = ∇²f_γ(x) in closed form, x (*Sx, d) and batch (*Sb, B) → (*S, d, d)
+        (used by ``sdesam.eigenpairs``' dense path instead of d Hessian-vector products)."""
+        a, r = self._residuals(x, batch)
+        _, d2 = self._derivs(r, 2)
+        H = torch.einsum("...b,...bi,...bj->...ij", d2, a, a) / self.batch_size
+        S = torch.broadcast_shapes(x.shape[:-1], batch.shape[:-1])
+        H = H.expand(*S, self.dim, self.dim)
+        return H + self.l2 * torch.eye(self.dim, dtype=x.dtype, device=x.device) if self.l2 else H
 
 
 # -- the named toy problems -------------------------------------------------------------

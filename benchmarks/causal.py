@@ -1,0 +1,103 @@
+"""Cost of one Euler step of the eigenvector-driven SDEs (Eq. 5, Eq. 6, the Eigen-SAM SDE)
+next to SAM-SDE3's, in units of one plain gradient.
+
+Run:  python -m benchmarks.causal [--n-batches 8] [--repeats 5] [--eig-tol 1e-3]
+
+Model, data and "one gradient" as in ``benchmarks.oracles`` (the MLP 784-784-10 GeLU,
+B = 128, the plain ``autograd.grad`` of the module). An Eq. 5 step at K minibatches
+costs SAM-SDE3's K Taylor vectors (with components), plus per minibatch a top
+eigenpair of H_γ by Lanczos (k = 2, residual ≤ eig_tol·‖H_γ‖, warm-started from the
+previous step's vector of the same slot) and one more Taylor call with ε = v₁ for
+∇³f[v₁, v₁]. The Lanczos products dominate and depend on the tolerance and the warm
+start, so the Hessian-vector products per step are reported next to the times. Steps
+are timed in sequence (each warm-started from the one before), median of ``--repeats``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from benchmarks.oracles import _mnist_like
+from benchmarks.timing import median_seconds
+from sdesam.dynamics import make_dynamics
+from sdesam.problem import ModuleProblem
+
+
+def _step_times(dyn, repeats: int, warmup: int) -> tuple[float, list[int]]:
+    state = dyn.init_state(seed=0)
+    dyn.advance(state, warmup)
+    times, hvps = [], []
+    for _ in range(repeats):
+        n0 = len(getattr(dyn, "eigen_history", []))
+        t0 = time.perf_counter()
+        dyn.advance(state, 1)
+        times.append(time.perf_counter() - t0)
+        hist = getattr(dyn, "eigen_history", [])[n0:]
+        last = getattr(dyn, "last_eigenpairs", None)
+        hvps.append(sum(r["eig_hvps"] for r in hist) if hist else (last.num_hvps if last is not None else 0))
+    return statistics.median(times), hvps
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--n-batches", type=int, default=8, help="K minibatches per SDE step")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--eig-tol", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    X, Y, source = _mnist_like(4096, args.data_dir, 0)
+    model = nn.Sequential(nn.Linear(784, 784), nn.GELU(), nn.Linear(784, 10)).to(device)
+    B, K = args.batch_size, args.n_batches
+    problem = ModuleProblem(model, "cross_entropy", X, Y, B, device=device)
+    params = list(model.parameters())
+    xb, yb = problem.inputs[:B], problem.targets[:B]
+
+    def plain_gradient():
+        torch.autograd.grad(nn.functional.cross_entropy(model(xb), yb), params)
+
+    hvp = problem.hvp_at(problem.x0, torch.arange(B, device=device))
+    v = torch.randn(problem.dim, generator=torch.Generator().manual_seed(1)).to(device)
+
+    common = {"eta": 0.01, "rho": 0.2, "n_batches": K}
+    eig = {"eig_method": "lanczos", "eig_tol": args.eig_tol}
+    g1 = median_seconds(plain_gradient, 30, 5, device)
+    t_hvp = median_seconds(lambda: hvp(v), 30, 5, device)
+    rows = {}
+    rows["sam_sde3"] = _step_times(make_dynamics("sam_sde3", problem, **common), args.repeats, 1)
+    rows["aligned_sde5"] = _step_times(make_dynamics("aligned_sde5", problem, **common, **eig), args.repeats, 1)
+    subset = torch.arange(1024, device=device)
+    rows["eigen_sam_sde"] = _step_times(make_dynamics("eigen_sam_sde", problem, **common, **eig,
+                                                      hessian_subset=subset), args.repeats, 1)
+    g = min(g1, median_seconds(plain_gradient, 30, 5, device))
+    print(f"MLP 784-784-10 GeLU, B={B}, K={K}, data: {source}, device: {device}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+    print(f"plain gradient {g * 1e3:.2f} ms; one minibatch HVP (hvp_at) {t_hvp * 1e3:.2f} ms = {t_hvp / g:.2f} gradients")
+    print(f"{'one Euler step':<44}{'ms':>10}{'/ gradient':>12}{'Lanczos HVPs/step':>20}")
+    for name, (sec, hv) in rows.items():
+        hv_s = "-" if not any(hv) else f"{statistics.median(hv):.0f} ({min(hv)}-{max(hv)})"
+        print(f"{name + f', K={K}':<44}{sec * 1e3:>10.1f}{sec / g:>12.1f}{hv_s:>20}")
+    result = {"benchmark": "causal", "model": "mlp-784-784-10-gelu", "batch_size": B, "n_batches": K,
+              "eig_tol": args.eig_tol, "data": source, "device": str(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "gradient_ms": g * 1e3, "hvp_over_gradient": t_hvp / g,
+              **{f"{n}_step_over_gradient": sec / g for n, (sec, _) in rows.items()},
+              "aligned_sde5_lanczos_hvps_per_step": rows["aligned_sde5"][1],
+              "eigen_sam_sde_hessian_examples": 1024}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
