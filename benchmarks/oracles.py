@@ -16,13 +16,16 @@ when one call holds M·K (trajectory, minibatch) pairs, x of shape (M, 1, d) and
 minibatches per trajectory (M·K = 1: one pair), looped (``block="loop"``) and batched
 (``block="auto"``, the default block memory), on the weak-error ``quick-cpu`` MLP
 (784-32-10, B = 32) and on the 784-784-10 MLP (B = ``--batch-size``). Each figure is
-the median of ``--block-repeats`` calls divided by M·K.
+the median of ``--block-repeats`` calls divided by M·K, as wall time and as this
+process's CPU time (the steadier figure on a shared machine).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
+import time
 
 import torch
 from torch import nn
@@ -127,7 +130,8 @@ def main(argv=None):
     if blocks:
         print(f"\nper-sample v² cost with M·K pairs per call (K = 4 or M·K if smaller), ms; "
               f"block_memory = default ({problem.block_memory / 2**20:.0f} MiB)")
-        print(f"{'model':<28}{'M·K':>6}{'looped':>10}{'batched':>10}{'speed-up':>10}{'block':>7}")
+        print(f"{'model':<28}{'M·K':>6}{'looped':>10}{'batched':>10}{'speed-up':>10}{'loop CPU':>11}"
+              f"{'batch CPU':>11}{'block':>7}")
         result["blocks"] = []
         for label, hidden, bs in [("quick-cpu 784-32-10, B=32", 32, 32),
                                   (f"784-784-10, B={B}", 784, B)]:
@@ -150,14 +154,32 @@ def block_lines(label, hidden, batch_size, X, Y, sizes, repeats, device) -> list
         M = n // K
         x = batched.x0.expand(M, 1, -1).clone()
         batches = batched.sample_batches(M * K, gen).view(M, K, batch_size)
-        t = {name: median_seconds(lambda p=p: p.taylor(x, batches, "sam", 0.2, order=2), repeats, 1, device)
-             / (M * K) for name, p in [("looped", looped), ("batched", batched)]}
-        row = {"model": label, "pairs": M * K, "looped_ms": t["looped"] * 1e3, "batched_ms": t["batched"] * 1e3,
-               "block_size": batched.block_size}
+        t, cpu = {}, {}
+        for name, p in [("looped", looped), ("batched", batched)]:
+            t[name], cpu[name] = _wall_and_cpu(lambda p=p: p.taylor(x, batches, "sam", 0.2, order=2), repeats, device)
+        row = {"model": label, "pairs": M * K, "block_size": batched.block_size,
+               **{f"{k}_ms": t[k] / (M * K) * 1e3 for k in t}, **{f"{k}_cpu_ms": cpu[k] / (M * K) * 1e3 for k in cpu}}
         print(f"{label:<28}{M * K:>6}{row['looped_ms']:>10.3f}{row['batched_ms']:>10.3f}"
-              f"{t['looped'] / t['batched']:>10.2f}{batched.block_size:>7}")
+              f"{t['looped'] / t['batched']:>10.2f}{row['looped_cpu_ms']:>11.3f}{row['batched_cpu_ms']:>11.3f}"
+              f"{batched.block_size:>7}")
         rows.append(row)
     return rows
+
+
+def _wall_and_cpu(fn, repeats: int, device) -> tuple[float, float]:
+    """Medians of the wall time and of this process's CPU time (user + system) per call,
+    after one warm-up call. On a shared machine the CPU time is the steadier figure."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        sync()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 if __name__ == "__main__":

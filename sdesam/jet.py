@@ -26,6 +26,14 @@ the tangent forward and the final backward. Two measures brought it there from 3
 - for SAM-type rules the tangent of a wide Linear layer is applied in factored form
   (``LowRankWeightTangent``), a third of the dense product's cost.
 
+Stacked mode (``stacked=True``): N independent copies at once, e.g. N (trajectory,
+minibatch) pairs — every parameter gets a leading dimension N, the inputs are (N, B, ...),
+each Linear layer is one ``bmm``/``baddbmm`` over the N weight matrices (computed as
+(W xᵀ)ᵀ so that the reverse pass yields ∂W in W's layout), each Conv2d one grouped
+convolution with N·groups groups, and the loss is the sum of the N per-copy means, so
+that one reverse pass gives all N gradients (``ModuleProblem``'s batched oracles;
+docs/batched_oracles.md).
+
 Supported layers: Linear, Conv2d, Flatten, Identity, AvgPool2d, AdaptiveAvgPool2d and
 the activations ReLU, GELU (exact erf form), Tanh, Sigmoid, Softplus, SiLU. Supported
 losses: mean cross-entropy with integer targets, mean squared error. Anything else

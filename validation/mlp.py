@@ -6,10 +6,10 @@ minibatches per Euler sub-step. Two documented configurations (``MLP_CONFIGS``):
 
 * ``quick-cpu``: hidden width 32 (d = 25,450), a fixed random subset of 2,048
   training images, B = 32, K = 4, T = 0.16, one Euler sub-step (m = 1, which
-  understates the SDE error: docs/weak_error.md, ablation), M = 64 — a smoke-scale run
-  of the whole pipeline in about a minute on 2 CPU cores. Its Monte Carlo noise is
-  large: it shows that the machinery runs on a real network, not the rates
-  (``--chunks 32`` gives M = 512 in about 5 CPU minutes).
+  understates the SDE error: docs/weak_error.md, ablation), M = 2,048 trajectories
+  (32 chunks of 64, 256 bootstrap blocks of 8). Each SDE sub-step of a chunk is one
+  batched oracle call of 64 × 4 (trajectory, minibatch) pairs (``ModuleProblem``'s
+  block path); run time and what it resolves: docs/weak_error.md, section 6.
 * ``gpu``: the paper's 784-784-10 network (d = 623,290) on all 60,000 training
   images, B = 128, K = 8, m = 4, η grid 0.04 … 0.005 around the paper's η = 0.01,
   T = 0.64, M = 256. Not run here (no GPU was lent to this task).
