@@ -3,18 +3,19 @@ through apt): run an external tool and explain its failure, say on stderr what i
 fetched, verify files by SHA-256 and install them into the cache atomically.
 
 A fetch never leaves an unverified file in the data directory: every file is checked
-against its published digest before any is copied, and each copy goes through
-``sdesam.atomic`` (a temporary file renamed over the target).
+against its published digest before any is copied, and each copy is written to a
+temporary file of its own and renamed over the target.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
-from ..atomic import atomic_open
 from .errors import CorruptDatasetError
 
 __all__ = ["announce", "run_tool", "missing_tools", "sha256_file", "install_verified"]
@@ -72,7 +73,22 @@ def install_verified(sources: dict[str, Path], digests: dict[str, str], dest: Pa
     dest.mkdir(parents=True, exist_ok=True)
     installed = {}
     for name in digests:
-        with open(sources[name], "rb") as src, atomic_open(dest / name, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        _atomic_copy(sources[name], dest / name)
         installed[name] = dest / name
     return installed
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary file named for this process (so that
+    processes fetching at the same time, e.g. ``table1 --jobs 2``, never share one),
+    fsynced and renamed over ``dst``."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+            shutil.copyfileobj(fin, fout)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
