@@ -250,9 +250,11 @@ def plot(records: list[dict], cfg: Config, hessian_examples: int):
 # Driver
 # ------------------------------------------------------------------------------------
 def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress: bool = True,
-        collect: bool = False) -> dict:
+        collect: bool = False, only_seeds=None, reverse: bool = False) -> dict:
     """Run (or continue) every (method, seed) pair and write the outputs; with ``collect``
-    only aggregate the pairs that have finished (the summary lists the missing ones)."""
+    only aggregate the pairs that have finished (the summary lists the missing ones); with
+    ``only_seeds`` run only those seeds (e.g. two processes on different seeds of one
+    ``out``) and aggregate whatever has finished."""
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
@@ -263,6 +265,8 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
     dynamics = make_all_dynamics(cfg, problem)
     steps = record_steps(cfg.steps, cfg.record_every)
     pairs = [(d, s) for s in range(cfg.seeds) for d in dynamics]      # seeds outermost: partial runs stay balanced
+    if reverse:                 # a second process on the same --out takes the pairs from the other end
+        pairs = pairs[::-1]
     bar = tqdm(total=len(pairs) * len(steps), desc="causal_mlp", unit="record", disable=not progress)
     runs, missing = {}, []
     try:
@@ -273,7 +277,7 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
                 runs[run_id] = json.loads(done.read_text())
                 bar.update(len(steps))
                 continue
-            if collect:
+            if collect or (only_seeds is not None and seed not in only_seeds):
                 missing.append(run_id)
                 continue
             bar.set_postfix_str(run_id)
@@ -346,6 +350,9 @@ def parse_args(argv=None):
                             help=f"default {f.default} (quick)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--collect", action="store_true", help="only aggregate the finished runs in --out")
+    ap.add_argument("--only-seeds", type=int, nargs="+", default=None,
+                    help="run only these seeds in this invocation (aggregates every finished run)")
+    ap.add_argument("--reverse", action="store_true", help="take the (method, seed) pairs in reverse order")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
@@ -360,7 +367,8 @@ def main(argv=None) -> dict:
         if v is not None:
             setattr(cfg, f.name, tuple(v) if f.name == "dynamics" else v)
     summary = run(cfg, args.out, device=resolve_device(args.device), data_dir=args.data_dir,
-                  progress=not args.no_progress, collect=args.collect)
+                  progress=not args.no_progress, collect=args.collect, only_seeds=args.only_seeds,
+                  reverse=args.reverse)
     print(f"wrote {args.out}/causal_mlp.png, .pdf, records.csv, discrepancy.md, summary.json "
           f"({summary['wall_seconds_this_invocation']:.0f} s)")
     print(summary["table_text"])
