@@ -16,12 +16,14 @@ residuals at every sub-step (``runs/*.json``, ``eigen_history``).
 
 What the quick default cuts (the eigen-SDEs pay a Lanczos top-2 eigenpair per minibatch
 and sub-step, ≈ 20–100 Hessian-vector products each, see ``benchmarks.causal``):
-60 steps instead of Figure 2's 500 (t = 0.6), K = 2 minibatches per sub-step for every
+40 steps instead of Figure 2's 500 (t = 0.4), K = 2 minibatches per sub-step for every
 SDE (8 in Figure 2; 2 is the least that gives a covariance), Lanczos tolerance 1e-2
 relative residual (at most 60 products), and the full-batch eigenvector of the ideal
-Eigen-SAM and the Eigen-SAM SDE taken on a fixed subset of 256 training examples. The
-quick default is estimated (not measured: the machine was never idle) at 10–15 min on
-an idle 2-core machine; ``--threads 1`` (default) avoids OpenMP stalls on a shared one. Eigen-SAM (Algorithm 2) uses α = 0.2, q = 5 and p = 10 (the paper's p = 100
+Eigen-SAM and the Eigen-SAM SDE taken on a fixed subset of 256 training examples. Time:
+one seed of the seven methods at 20 steps took ≈ 210 s of CPU (one thread) here, so the
+quick default is *estimated* at ≈ 15 min in one single-threaded process on an idle
+machine (two processes with ``--only-seeds``, one per core, about halve it); ``--threads
+1`` (default) avoids OpenMP stalls on a shared machine. Eigen-SAM (Algorithm 2) uses α = 0.2, q = 5 and p = 10 (the paper's p = 100
 would refresh once in this horizon).
 
 Outputs in ``--out`` (default ``runs/causal_mlp``): ``causal_mlp.png``/``.pdf`` (the six
@@ -73,7 +75,7 @@ class Config:
     p: int = 10
     q: int = 5
     seeds: int = 3
-    steps: int = 60
+    steps: int = 40
     record_every: int = 20
     batch_size: int = 128
     n_batches: int = 2
