@@ -23,8 +23,8 @@ Eigen-SAM and the Eigen-SAM SDE taken on a fixed subset of 256 training examples
 one seed of the seven methods at 20 steps took ≈ 210 s of CPU (one thread) here, so the
 quick default is *estimated* at ≈ 15 min in one single-threaded process on an idle
 machine (two processes with ``--only-seeds``, one per core, about halve it); ``--threads
-1`` (default) avoids OpenMP stalls on a shared machine. Eigen-SAM (Algorithm 2) uses α = 0.2, q = 5 and p = 10 (the paper's p = 100
-would refresh once in this horizon).
+1`` (default) avoids OpenMP stalls on a shared machine. Eigen-SAM (Algorithm 2) uses
+α = 0.2, q = 5 and p = 10 (the paper's p = 100 would refresh once in this horizon).
 
 Outputs in ``--out`` (default ``runs/causal_mlp``): ``causal_mlp.png``/``.pdf`` (the six
 metrics + alignment), ``records.csv`` (tidy), ``discrepancy.md`` and ``summary.json``
