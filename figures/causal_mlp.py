@@ -16,13 +16,15 @@ residuals at every sub-step (``runs/*.json``, ``eigen_history``).
 
 What the quick default cuts (the eigen-SDEs pay a Lanczos top-2 eigenpair per minibatch
 and sub-step, ≈ 20–100 Hessian-vector products each, see ``benchmarks.causal``):
-60 steps instead of Figure 2's 500 (t = 0.6), K = 2 minibatches per sub-step for every
+40 steps instead of Figure 2's 500 (t = 0.4), K = 2 minibatches per sub-step for every
 SDE (8 in Figure 2; 2 is the least that gives a covariance), Lanczos tolerance 1e-2
 relative residual (at most 60 products), and the full-batch eigenvector of the ideal
-Eigen-SAM and the Eigen-SAM SDE taken on a fixed subset of 256 training examples. The
-quick default is estimated (not measured: the machine was never idle) at 10–15 min on
-an idle 2-core machine; ``--threads 1`` (default) avoids OpenMP stalls on a shared one. Eigen-SAM (Algorithm 2) uses α = 0.2, q = 5 and p = 10 (the paper's p = 100
-would refresh once in this horizon).
+Eigen-SAM and the Eigen-SAM SDE taken on a fixed subset of 256 training examples. Time:
+one seed of the seven methods at 20 steps took ≈ 210 s of CPU (one thread) here, so the
+quick default is *estimated* at ≈ 15 min in one single-threaded process on an idle
+machine (two processes with ``--only-seeds``, one per core, about halve it); ``--threads
+1`` (default) avoids OpenMP stalls on a shared machine. Eigen-SAM (Algorithm 2) uses
+α = 0.2, q = 5 and p = 10 (the paper's p = 100 would refresh once in this horizon).
 
 Outputs in ``--out`` (default ``runs/causal_mlp``): ``causal_mlp.png``/``.pdf`` (the six
 metrics + alignment), ``records.csv`` (tidy), ``discrepancy.md`` and ``summary.json``
@@ -73,7 +75,7 @@ class Config:
     p: int = 10
     q: int = 5
     seeds: int = 3
-    steps: int = 60
+    steps: int = 40
     record_every: int = 20
     batch_size: int = 128
     n_batches: int = 2
@@ -250,9 +252,11 @@ def plot(records: list[dict], cfg: Config, hessian_examples: int):
 # Driver
 # ------------------------------------------------------------------------------------
 def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress: bool = True,
-        collect: bool = False) -> dict:
+        collect: bool = False, only_seeds=None, reverse: bool = False) -> dict:
     """Run (or continue) every (method, seed) pair and write the outputs; with ``collect``
-    only aggregate the pairs that have finished (the summary lists the missing ones)."""
+    only aggregate the pairs that have finished (the summary lists the missing ones); with
+    ``only_seeds`` run only those seeds (e.g. two processes on different seeds of one
+    ``out``) and aggregate whatever has finished."""
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
@@ -263,6 +267,8 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
     dynamics = make_all_dynamics(cfg, problem)
     steps = record_steps(cfg.steps, cfg.record_every)
     pairs = [(d, s) for s in range(cfg.seeds) for d in dynamics]      # seeds outermost: partial runs stay balanced
+    if reverse:                 # a second process on the same --out takes the pairs from the other end
+        pairs = pairs[::-1]
     bar = tqdm(total=len(pairs) * len(steps), desc="causal_mlp", unit="record", disable=not progress)
     runs, missing = {}, []
     try:
@@ -273,7 +279,7 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
                 runs[run_id] = json.loads(done.read_text())
                 bar.update(len(steps))
                 continue
-            if collect:
+            if collect or (only_seeds is not None and seed not in only_seeds):
                 missing.append(run_id)
                 continue
             bar.set_postfix_str(run_id)
@@ -346,6 +352,9 @@ def parse_args(argv=None):
                             help=f"default {f.default} (quick)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--collect", action="store_true", help="only aggregate the finished runs in --out")
+    ap.add_argument("--only-seeds", type=int, nargs="+", default=None,
+                    help="run only these seeds in this invocation (aggregates every finished run)")
+    ap.add_argument("--reverse", action="store_true", help="take the (method, seed) pairs in reverse order")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
@@ -360,7 +369,8 @@ def main(argv=None) -> dict:
         if v is not None:
             setattr(cfg, f.name, tuple(v) if f.name == "dynamics" else v)
     summary = run(cfg, args.out, device=resolve_device(args.device), data_dir=args.data_dir,
-                  progress=not args.no_progress, collect=args.collect)
+                  progress=not args.no_progress, collect=args.collect, only_seeds=args.only_seeds,
+                  reverse=args.reverse)
     print(f"wrote {args.out}/causal_mlp.png, .pdf, records.csv, discrepancy.md, summary.json "
           f"({summary['wall_seconds_this_invocation']:.0f} s)")
     print(summary["table_text"])

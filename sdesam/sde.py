@@ -304,7 +304,8 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
     gap λ₁ − λ₂ and smallest relative gap (λ₁ − λ₂)/‖H_γ‖ over the minibatches, largest
     residual ‖H_γ v₁ − λ₁ v₁‖ computed from the oracle's H_γ v₁, mean λ₁, products spent),
     and a ``RuntimeWarning`` is issued once, naming the sub-step and step, when a
-    relative gap falls below ``gap_rtol`` (∇λ₁ is then ill-conditioned).
+    relative gap falls below ``gap_rtol`` or below the relative residual of v₁ (∇λ₁ is
+    then ill-conditioned, or v₁ not resolved by the eigensolver's tolerance).
 
     Args:
         form: ``"eq5"`` or ``"eq6"``.
@@ -357,12 +358,13 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
                    torch.finfo(eig.scale.dtype).tiny)).max()),
                "lambda1_mean": float(eig.value.mean()), "eig_hvps": eig.num_hvps}
         self.eigen_history.append(row)
-        if not self._warned and row["relative_gap_min"] < self.gap_rtol:
+        if not self._warned and row["relative_gap_min"] < max(self.gap_rtol, row["relative_residual_max"]):
             self._warned = True
             import warnings
             warnings.warn(f"{self.name}: at sub-step {index} (step {row['step']}) a minibatch Hessian has "
-                          f"relative eigen-gap (λ₁ − λ₂)/‖H‖ = {row['relative_gap_min']:.3g} < gap_rtol="
-                          f"{self.gap_rtol}: λ₁ is nearly repeated and ∇λ₁ = ∇³f[v₁, v₁] is ill-conditioned "
+                          f"relative eigen-gap (λ₁ − λ₂)/‖H‖ = {row['relative_gap_min']:.3g}, below gap_rtol="
+                          f"{self.gap_rtol} or the relative residual {row['relative_residual_max']:.3g} of v₁: "
+                          "λ₁ is nearly repeated or v₁ unresolved, and ∇λ₁ = ∇³f[v₁, v₁] is ill-conditioned "
                           "(Assumption B.2)", RuntimeWarning, stacklevel=2)
 
 
