@@ -250,12 +250,12 @@ class ModuleProblem(Problem):
         eval_chunk: examples per forward pass in full-data evaluations.
         block: how the minibatch oracles (``loss``, ``gradient``, ``hvp``, ``taylor``)
             treat the N = prod(S) (trajectory, minibatch) pairs of a call.
-            ``"batched"``: on the jet path, blocks of pairs at once (a call with a single pair takes the loop) — each pair's
+            ``"batched"``: on the jet path, blocks of pairs at once — each pair's
             parameters stacked along a leading dimension, every Linear layer one
             ``bmm``/``baddbmm`` (Conv2d one grouped convolution), one autograd graph per
-            block. ``"loop"``: one pair at a time. ``"auto"`` (default): batched on the
-            jet path, else the loop (the generic autograd oracle). ``config()`` reports
-            the choice.
+            block; a call with a single pair takes the loop. ``"loop"``: one pair at a
+            time. ``"auto"`` (default): batched on the jet path, else the loop (the
+            generic autograd oracle). ``config()`` reports the choice.
         block_memory: working-memory budget in bytes of one block on the batched path;
             blocks are cut to ``block_size = block_memory // sample_bytes()`` pairs (the
             last one shorter). Default ``DEFAULT_BLOCK_MEMORY`` on the CPU, a quarter of
