@@ -250,17 +250,17 @@ class ModuleProblem(Problem):
         eval_chunk: examples per forward pass in full-data evaluations.
         block: how the minibatch oracles (``loss``, ``gradient``, ``hvp``, ``taylor``)
             treat the N = prod(S) (trajectory, minibatch) pairs of a call.
-            ``"batched"``: on the jet path, blocks of pairs at once (a call with a single pair takes the loop) — each pair's
+            ``"batched"``: on the jet path, blocks of pairs at once — each pair's
             parameters stacked along a leading dimension, every Linear layer one
             ``bmm``/``baddbmm`` (Conv2d one grouped convolution), one autograd graph per
-            block. ``"loop"``: one pair at a time. ``"auto"`` (default): batched on the
-            jet path, else the loop (the generic autograd oracle). ``config()`` reports
-            the choice.
+            block; a call with a single pair takes the loop. ``"loop"``: one pair at a
+            time. ``"auto"`` (default): batched on the jet path, else the loop (the
+            generic autograd oracle). ``config()`` reports the choice.
         block_memory: working-memory budget in bytes of one block on the batched path;
             blocks are cut to ``block_size = block_memory // sample_bytes()`` pairs (the
             last one shorter). Default ``DEFAULT_BLOCK_MEMORY`` on the CPU, a quarter of
-            the device's memory on CUDA. A budget below one pair's estimate raises
-            ValueError.
+            the device's memory on CUDA. A given budget below one pair's estimate
+            raises ValueError; with the default budget such pairs go one per block.
     """
 
     def __init__(self, model: nn.Module, loss, inputs: Tensor, targets: Tensor, batch_size: int,
@@ -314,14 +314,16 @@ class ModuleProblem(Problem):
             self._act_numel = sum(a[0].numel() for a in acts)
         self.block_memory = self._default_block_memory() if block_memory is None else \
             check_int("block_memory", block_memory, 1)
+        self._block_memory_arg = block_memory
         self.block_size = 1
         if self.block == "batched":
             per = self.sample_bytes()
-            if self.block_memory < per:
+            if block_memory is not None and self.block_memory < per:
                 raise ValueError(f"block_memory={block_memory} bytes is smaller than the estimated "
                                  f"working memory of one (trajectory, minibatch) pair, {per} bytes "
                                  f"(d={self.dim}, B={self.batch_size}, {self.dtype})")
-            self.block_size = self.block_memory // per
+            # with the default budget, a pair larger than it is evaluated alone
+            self.block_size = max(1, self.block_memory // per)
 
     def subproblem(self, indices: Tensor, batch_size: int | None = None, name: str | None = None) -> "ModuleProblem":
         """The same model and loss on the training examples ``indices`` only (no test data).
@@ -333,7 +335,7 @@ class ModuleProblem(Problem):
         return ModuleProblem(self.model, self._loss_spec, self.inputs[indices], self.targets[indices],
                              batch_size or self.batch_size, oracle=self.oracle, dtype=self.dtype,
                              device=self.device, eval_chunk=self.eval_chunk, name=name or f"{self.name}[subset]",
-                             block=self._block_spec, block_memory=self.block_memory)
+                             block=self._block_spec, block_memory=self._block_memory_arg)
 
     def _to_device(self, t: Tensor) -> Tensor:
         t = t.to(self.device)

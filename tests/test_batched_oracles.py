@@ -76,6 +76,18 @@ def test_a_budget_below_one_pair_raises():
         mlp_pair(block_memory=0)
 
 
+def test_pairs_larger_than_the_default_budget_go_one_per_block(monkeypatch):
+    import sdesam.problem as problem_module
+    per = mlp_pair()[0].sample_bytes()
+    monkeypatch.setattr(problem_module, "DEFAULT_BLOCK_MEMORY", per - 1)
+    batched, looped = mlp_pair()
+    assert batched.block == "batched" and batched.block_size == 1
+    # a subproblem keeps the default budget rather than inheriting a computed one
+    assert batched.subproblem(torch.arange(6), 6).block_memory == per - 1
+    x, batches, _ = _inputs(looped, 2, 2)
+    assert_same(batched.taylor(x, batches, "sam", 0.2), looped.taylor(x, batches, "sam", 0.2), ["v", "g", "eps"])
+
+
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: getattr(r, "name", r) + str(getattr(r, "renormalize", "")))
 @pytest.mark.parametrize("order", [0, 1, 2])
 @pytest.mark.parametrize("components", [False, True])
