@@ -1,4 +1,4 @@
-"""The ``sdesam`` command: one entry point for every experiment, benchmark and training run.
+"""sdesam: one command for every experiment, benchmark and training run.
 
     sdesam <command> [options]          (the same program as ``python -m <module> [options]``)
 
