@@ -25,6 +25,7 @@ from torch import nn
 
 from benchmarks.oracles import _mnist_like
 from benchmarks.timing import median_seconds
+from sdesam._checks import check_int
 from sdesam.dynamics import make_dynamics
 from sdesam.problem import ModuleProblem
 
@@ -54,6 +55,9 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    for flag in ("batch_size", "repeats"):
+        check_int(flag, getattr(args, flag), 1)
+    check_int("n_batches (K, needed for a covariance)", args.n_batches, 2)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -100,4 +104,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from sdesam.cli import run_module
+    run_module("benchmarks.causal")

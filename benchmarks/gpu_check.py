@@ -38,7 +38,8 @@ what it measured. Parts (``PARTS``; docs/gpu.md explains every number):
 
 Outputs in ``--out``: ``report.json`` (everything, rewritten after every part),
 ``summary.md`` (readable) and ``logs.txt`` (every part's output). The parent process
-never imports torch, so it survives whatever a part does.
+runs no torch computation (it imports torch only through ``sdesam.cli``'s error
+handling, which touches no device), so it survives whatever a part does.
 """
 from __future__ import annotations
 
@@ -1137,7 +1138,8 @@ def _limit(text: str) -> tuple[str, float]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0],
+    from sdesam.cli import prog_name
+    ap = argparse.ArgumentParser(prog=prog_name("python -m benchmarks.gpu_check"), description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     ap.add_argument("--small", action="store_true", help="toy sizes (the CPU smoke mode of the test suite)")
@@ -1182,4 +1184,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sdesam.cli import run_module
+    run_module("benchmarks.gpu_check")

@@ -52,7 +52,7 @@ from sdesam.metrics import FIGURE2_METRICS, ClassificationMetrics
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, record_steps, run_trajectory
 
 from . import figure2
-from .common import resolve_device, save_figure, write_json_atomic, write_summary
+from .common import check_counts, resolve_device, save_figure, write_json_atomic, write_summary
 
 DISCRETE = ("sam", "eigen_sam", "ideal_eigen_sam")
 SDES = ("sam_sde3", "aligned_sde5", "aligned_sde6", "eigen_sam_sde")
@@ -368,6 +368,7 @@ def main(argv=None) -> dict:
         v = getattr(args, f.name)
         if v is not None:
             setattr(cfg, f.name, tuple(v) if f.name == "dynamics" else v)
+    check_counts(cfg)
     summary = run(cfg, args.out, device=resolve_device(args.device), data_dir=args.data_dir,
                   progress=not args.no_progress, collect=args.collect, only_seeds=args.only_seeds,
                   reverse=args.reverse)
@@ -379,4 +380,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from sdesam.cli import run_module
+    run_module("figures.causal_mlp")

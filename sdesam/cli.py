@@ -98,6 +98,21 @@ COMMANDS: dict[str, Command] = {
                               "151 s", "a benchmark keeps no partial results; rerun it"),
     "bench curvature": Command("benchmarks.curvature", "products for λ₁: Lanczos vs power iteration",
                                "46 s", "a benchmark keeps no partial results; rerun it"),
+    "causal-mlp": Command("figures.causal_mlp", "the causal chain on the MNIST MLP: SAM, Eigen-SAM vs Eq. 4/5/6 "
+                          "and the Eigen-SAM SDE", "~15 min est.", "finished (method, seed) runs are kept in "
+                          "{out}; rerunning the same command resumes from them", out_default="runs/causal_mlp"),
+    "alignment-sweep": Command("validation.alignment_sweep", "weak error of Eq. 5 / Eq. 6 against the alignment "
+                               "(toy)", "~3 min est.", "finished κ values are kept in {out}; rerunning the "
+                               "same command resumes from them", out_default="runs/alignment_sweep"),
+    "eigen-weak-error": Command("validation.eigen_weak_error", "weak error of the Eigen-SAM SDE against η "
+                                "(ideal Eigen-SAM)", "~18 min est.", "nothing is kept (results.json is written "
+                                "at the end); rerunning the same command starts over",
+                                out_default="eigen_weak_error_out"),
+    "bench causal": Command("benchmarks.causal", "cost of one Eq. 5 / Eigen-SAM SDE Euler step in gradients",
+                            "not timed", "a benchmark keeps no partial results; rerun it"),
+    "bench gpu": Command("benchmarks.gpu_check", "the GPU check (--device cuda); --device cpu --small: smoke test",
+                         "~2 min --small", "report.json and summary.md in {out} hold the parts finished so "
+                         "far; rerun to measure again", out_default="gpu_check_out"),
 }
 
 
@@ -184,11 +199,13 @@ def _help() -> str:
     width = max(len(n) for n in COMMANDS)
     time_width = max(len(c.quick_time) for c in COMMANDS.values())
     lines = [__doc__.split("\n\n")[0], "", "usage: sdesam [--debug] <command> [options]", "",
-             "Commands, with the wall time of their quick default measured on a 2-core CPU (README):", ""]
+             "Commands, with the wall time of their quick default measured on a 2-core CPU (README;",
+             "est.: estimated from CPU time measured on a shared machine):", ""]
     for name, c in COMMANDS.items():
         lines.append(f"  {name:<{width}}  {c.quick_time:>{time_width}}  {c.summary}")
     lines += ["", "Each is the same program as python -m figures.<command> (figures and tables),",
-              "validation.weak_error, sdesam.train or benchmarks.<name>; sdesam <command> --help lists",
+              "validation.<command> (weak-error, alignment-sweep, eigen-weak-error), sdesam.train or",
+              "benchmarks.<name> (bench gpu: benchmarks.gpu_check); sdesam <command> --help lists",
               "its options.", "", "Options for every command:",
               f"  --debug  show the full traceback of an error (or set {DEBUG_ENV}=1)"]
     return "\n".join(lines)
@@ -204,7 +221,7 @@ def main(argv=None) -> int:
     name, rest = words[0], argv[argv.index(words[0]) + 1:]
     if name == "bench":
         if not rest or rest[0] in ("-h", "--help"):
-            print("usage: sdesam bench {oracles,eigensam,curvature} [options]")
+            print("usage: sdesam bench {oracles,eigensam,curvature,causal,gpu} [options]")
             return 0 if rest else 2
         name, rest = f"bench {rest[0]}", rest[1:]
     if name not in COMMANDS:

@@ -27,6 +27,11 @@ BAD_OPTION = {
     "bench oracles": (["--batch-size", "0"], "batch_size must be an integer >= 1"),
     "bench eigensam": (["--width", "0"], "width must be an integer >= 1"),
     "bench curvature": (["--data", "nope"], "--data must be 'mnist', 'synthetic' or 'npz:PATH'"),
+    "causal-mlp": (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    "alignment-sweep": (["--n-chunks", "0"], "--n-chunks must be >= 1, got 0"),
+    "eigen-weak-error": (["--chunks", "0"], "n_chunks must be an integer >= 1"),
+    "bench causal": (["--repeats", "0"], "repeats must be an integer >= 1"),
+    "bench gpu": (["--parts", "nope"], "nope"),
 }
 
 

@@ -178,6 +178,8 @@ def main(argv=None) -> dict:
     for f in fields(Config):
         if getattr(args, f.name) is not None:
             setattr(cfg, f.name, getattr(args, f.name))
+    from figures.common import check_counts
+    check_counts(cfg, zero_allowed=("seed",))
     if args.threads:
         torch.set_num_threads(args.threads)
     from figures.common import environment, write_json_atomic
@@ -227,4 +229,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from sdesam.cli import run_module
+    run_module("validation.alignment_sweep")

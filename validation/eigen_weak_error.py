@@ -40,7 +40,11 @@ MODELS = ("sam_sde3", "eigen_sam_sde")
 
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    ap = argparse.ArgumentParser(prog="python -m validation.eigen_weak_error", description=__doc__.split("\n\n")[0])
+    from sdesam.cli import prog_name
+    ap = argparse.ArgumentParser(prog=prog_name("python -m validation.eigen_weak_error"),
+                                 description=__doc__.split("\n\n")[0],
+                                 epilog="Every other option is validation.weak_error's (--mode eta): "
+                                        "python -m validation.weak_error --help lists them.")
     ap.add_argument("--out", default="eigen_weak_error_out")
     ap.add_argument("--no-progress", action="store_true")
     args, rest = ap.parse_known_args(argv)
@@ -92,4 +96,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from sdesam.cli import run_module
+    run_module("validation.eigen_weak_error")
