@@ -1,18 +1,22 @@
 """``EigenSAM``: SAM with the top-Hessian-eigenvector term (paper Sec. 5, Eq. 7–8, Alg. 1–2).
 
-    every p steps (``RefreshSchedule``): v̂ ← Algorithm 1 — q power iterations
-        v̂ ← H_γ v̂ / ‖H_γ v̂‖ on the current minibatch, warm-started from the previous v̂
+    every p steps (``RefreshSchedule``): v̂ ← q Hessian-vector products on the current
+        minibatch, warm-started from the previous v̂ — by default Algorithm 1, q = 5 power
+        iterations v̂ ← H_γ v̂ / ‖H_γ v̂‖; with ``estimator="lanczos"`` (q = 4) the top
+        Ritz vector of the q-dimensional Krylov space
     g = ∇f_γ(x),  u = g/‖g‖,  v̂⊥ = v̂ − ⟨v̂, u⟩u                                (Eq. 7)
     ε = u + α · sign(⟨g, v̂⟩) · v̂⊥          (Eq. 8; not renormalised unless asked)
     x ← base_step(x, ∇f_γ(x + ρ ε))
 
 The rule is ``sdesam.perturbations.EigenSAM`` and Algorithm 1 is
 ``sdesam.curvature.power.power_iteration``, exactly what the simulation core's discrete
-``sdesam.integrators.EigenSAM`` uses; the refresh schedule is the shared
+``sdesam.integrators.EigenSAM`` uses (the Lanczos refresh is
+``sdesam.curvature.short_lanczos.lanczos_iteration``); the refresh schedule is the shared
 ``sdesam.refresh.RefreshSchedule``, so ``p_counting`` and ``first_refresh`` mean the
 same in both. The first v̂ is a random unit vector drawn from ``seed``.
 
-The paper's algorithm is the default. ``EigenSAM.official(...)`` is the official code's
+The paper's algorithm is the default (schedule, and Algorithm 1 with q = 5).
+``EigenSAM.official(...)`` is the official code's
 (RitianLuo/EigenSAM) in one call — tests/test_official_replay.py replays that code's
 training loop step by step and agrees to 1e-12 (parameters and BatchNorm buffers, two
 epochs, float64). It sets:
@@ -115,7 +119,7 @@ class EigenSAM(SAM):
                  p: int = 100, q: int | None = None, p_counting: str = "global", first_refresh: str = "start",
                  steps_per_epoch: int | None = None, hvp_mode: str = "train",
                  renormalize: bool = False, seed: int = 0, model=None, sync_perturbation: bool = True,
-                 perturbed_bn: str = "frozen", estimator: str = "lanczos",
+                 perturbed_bn: str = "frozen", estimator: str = "power",
                  hvp_method: str = "double_backward", **base_kwargs):
         super().__init__(params, base_optimizer, rho=rho,
                          rule=perturbations.EigenSAM(alpha, renormalize=renormalize),

@@ -111,7 +111,7 @@ class TrainConfig:
     hvp_mode: str = "train"
     renormalize: bool = False
     perturbed_bn: str = "frozen"
-    estimator: str = "lanczos"
+    estimator: str = "power"
     hvp_method: str = "double_backward"
     sync_perturbation: bool = True
     drop_last: bool = True

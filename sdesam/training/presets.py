@@ -6,7 +6,7 @@ Appendix E). Every field can still be overridden.
     with momentum 0.9, per-step cosine schedule from lr = 0.1 (0.01 for SVHN), weight
     decay 5e-5, pad-4 random crop + horizontal flip; ρ = 0.05 (CIFAR-10, Fashion-MNIST),
     0.1 (CIFAR-100), 0.01 (SVHN); Eigen-SAM α = 0.2, p = 100, q = 5 power iterations
-    (``estimator="power"``: the paper's Algorithm 1, not the optimizer's default).
+    (``estimator="power"``, the paper's Algorithm 1, set explicitly).
 
 ``table2(dataset, method, weights_path=...)`` — Table 2, ViT-B/16 (ImageNet-1k weights,
     torchvision's ``vit_b_16-c867db91.pth``, a local file) fine-tuned on CIFAR-10/100:
