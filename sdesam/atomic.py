@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from pathlib import Path
 
 __all__ = ["atomic_open", "atomic_write_text"]
@@ -29,7 +30,9 @@ def atomic_open(path, mode: str = "w", **open_kwargs):
     """``with atomic_open(path, "wb") as f: ...``: a file object whose content replaces
     ``path`` atomically when the block ends without an exception (else nothing changes)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # a temporary name of this process's own: processes writing the same path at once
+    # (e.g. two first fetches of a data set) never share one
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, mode, **open_kwargs) as f:
             yield f

@@ -9,13 +9,12 @@ temporary file of its own and renamed over the target.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
+from ..atomic import atomic_open
 from .errors import CorruptDatasetError
 
 __all__ = ["announce", "run_tool", "missing_tools", "sha256_file", "install_verified"]
@@ -79,16 +78,7 @@ def install_verified(sources: dict[str, Path], digests: dict[str, str], dest: Pa
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through a temporary file named for this process (so that
-    processes fetching at the same time, e.g. ``table1 --jobs 2``, never share one),
-    fsynced and renamed over ``dst``."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            shutil.copyfileobj(fin, fout)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Copy ``src`` to ``dst`` atomically (``sdesam.atomic``: a temporary file of this
+    process's own, so fetches running at once, e.g. ``table1 --jobs 2``, never collide)."""
+    with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
