@@ -591,9 +591,13 @@ def part_oracles(ctx: PartContext) -> None:
     runs = {"B=16": 16, "B=64": 64} if ctx.small else {"B=128": 128, "B=4096": 4096, "B=32768": 32768}
     extra = ["--repeats", "2", "--n-batches", "2"] if ctx.small else ["--repeats", "20"]
     data = [] if ctx.data_dir is None else ["--data-dir", ctx.data_dir]
+    # the per-block-size lines (looped vs batched oracles, their own fixed models) once,
+    # with the first batch size; toy block sizes in the smoke mode
+    blocks = ["--block-sizes", "1,4", "--block-repeats", "1"] if ctx.small else ["--block-repeats", "3"]
     for i, (label, B) in enumerate(runs.items()):
         with ctx.item(label):
-            argv = ["--device", ctx.device, "--batch-size", str(B), *extra, *data]
+            argv = ["--device", ctx.device, "--batch-size", str(B), *extra, *data,
+                    *(blocks if i == 0 else ["--block-sizes", ""])]
             enlarged = i == len(runs) - 1
             patch = contextlib.nullcontext()
             if enlarged:

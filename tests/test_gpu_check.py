@@ -144,7 +144,8 @@ def test_small_cpu_check_is_complete_and_passes(small_check):
         assert report[key], key
     env = parts["env"]["results"]["env"]
     assert env["torch"] and "cuda_runtime" in env and report["environment"]["torch"] == env["torch"]
-    assert parts["cuda_tests"]["results"]["pytest"]["outcomes"] == {"skipped": 3}      # no CUDA here
+    outcomes = parts["cuda_tests"]["results"]["pytest"]["outcomes"]
+    assert set(outcomes) == {"skipped"} and outcomes["skipped"] >= 3             # no CUDA here
     r = parts["compare"]["results"]
     for dtype in ("float64", "float32"):
         errs = r[f"max_rel_err_{dtype}"]
