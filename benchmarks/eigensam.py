@@ -60,7 +60,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmarks.timing import median_seconds
 from sdesam.curvature import HessianOperator, lanczos
-from sdesam.curvature.power import random_unit_vector
 from sdesam.models import build_model
 from sdesam.optim import SAM, EigenSAM, eval_mode, frozen_running_stats
 from sdesam.optim.eigen_sam import DEFAULT_PRODUCTS
