@@ -92,8 +92,8 @@ COMMANDS: dict[str, Command] = {
                      "varies", "the run's last checkpoint is kept in {out}; rerun the same "
                      "command with --resume to continue it", out_flag="--out-dir",
                      out_default="its --out-dir"),
-    "bench oracles": Command("benchmarks.oracles", "cost of g, v² and one SAM / SDE step in gradients",
-                             "5 s", "a benchmark keeps no partial results; rerun it"),
+    "bench oracles": Command("benchmarks.oracles", "cost of g, v² and one SAM / SDE step in gradients; "
+                             "looped vs batched blocks", "not re-timed", "a benchmark keeps no partial results; rerun it"),
     "bench eigensam": Command("benchmarks.eigensam", "Eigen-SAM / SAM step-time ratio on ResNet-18",
                               "151 s", "a benchmark keeps no partial results; rerun it"),
     "bench curvature": Command("benchmarks.curvature", "products for λ₁: Lanczos vs power iteration",
