@@ -21,13 +21,11 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
-from benchmarks.oracles import _mnist_like
+from benchmarks.oracles import paper_mlp
 from benchmarks.timing import median_seconds
 from sdesam._checks import check_int
 from sdesam.dynamics import make_dynamics
-from sdesam.problem import ModuleProblem
 
 
 def _step_times(dyn, repeats: int, warmup: int) -> tuple[float, list[int]]:
@@ -60,18 +58,9 @@ def main(argv=None):
     check_int("n_batches (K, needed for a covariance)", args.n_batches, 2)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     device = torch.device(args.device)
-    X, Y, source = _mnist_like(4096, args.data_dir, 0)
-    model = nn.Sequential(nn.Linear(784, 784), nn.GELU(), nn.Linear(784, 10)).to(device)
     B, K = args.batch_size, args.n_batches
-    problem = ModuleProblem(model, "cross_entropy", X, Y, B, device=device)
-    params = list(model.parameters())
-    xb, yb = problem.inputs[:B], problem.targets[:B]
-
-    def plain_gradient():
-        torch.autograd.grad(nn.functional.cross_entropy(model(xb), yb), params)
-
+    _, problem, plain_gradient, (_, _, source) = paper_mlp(B, args.data_dir, device)
     hvp = problem.hvp_at(problem.x0, torch.arange(B, device=device))
     v = torch.randn(problem.dim, generator=torch.Generator().manual_seed(1)).to(device)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 
@@ -46,6 +47,26 @@ def _mnist_like(n: int, data_dir, seed: int):
         return torch.rand(n, 784, generator=g), torch.randint(10, (n,), generator=g), "synthetic (MNIST shapes)"
 
 
+def paper_mlp(batch_size: int, data_dir, device: torch.device):
+    """The benchmarks' problem: the paper's MLP 784-784-10 (GeLU) on 4,096 MNIST training
+    images (MNIST-shaped noise when MNIST is absent), initialised from seed 0.
+
+    Returns (model, problem, plain_gradient, (X, Y, source)): ``plain_gradient()`` takes
+    ``torch.autograd.grad`` of the module's loss on the first minibatch (the unit of every
+    ratio), ``source`` says which data were used."""
+    torch.manual_seed(0)
+    X, Y, source = _mnist_like(4096, data_dir, 0)
+    model = nn.Sequential(nn.Linear(784, 784), nn.GELU(), nn.Linear(784, 10)).to(device)
+    problem = ModuleProblem(model, "cross_entropy", X, Y, batch_size, device=device)
+    params = list(model.parameters())
+    xb, yb = problem.inputs[:batch_size], problem.targets[:batch_size]
+
+    def plain_gradient():
+        torch.autograd.grad(nn.functional.cross_entropy(model(xb), yb), params)
+
+    return model, problem, plain_gradient, (X, Y, source)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -59,21 +80,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     device = torch.device(args.device)
-    X, Y, source = _mnist_like(4096, args.data_dir, 0)
-    model = nn.Sequential(nn.Linear(784, 784), nn.GELU(), nn.Linear(784, 10)).to(device)
     B = args.batch_size
-    problem = ModuleProblem(model, "cross_entropy", X, Y, B, device=device)
+    model, problem, plain_gradient, (X, Y, source) = paper_mlp(B, args.data_dir, device)
     generic = ModuleProblem(model, "cross_entropy", X, Y, B, device=device, oracle="autograd")
-    params = [p for p in model.parameters()]
-    xb, yb = problem.inputs[:B], problem.targets[:B]
     batch = torch.arange(B, device=device)[None]
     x = problem.x0
-
-    def plain_gradient():
-        loss = nn.functional.cross_entropy(model(xb), yb)
-        torch.autograd.grad(loss, params)
 
     def v2_jet():
         problem.taylor(x, batch, "sam", 0.2, order=2)
@@ -131,7 +143,7 @@ def main(argv=None):
         print(f"\nper-sample v² cost with M·K pairs per call (K = 4 or M·K if smaller), ms; "
               f"block_memory = default ({problem.block_memory / 2**20:.0f} MiB)")
         print(f"{'model':<28}{'M·K':>6}{'looped':>10}{'batched':>10}{'speed-up':>10}{'loop CPU':>11}"
-              f"{'batch CPU':>11}{'block':>7}")
+              f"{'batch CPU':>11}{'block':>7}{'faults/pair':>13}")
         result["blocks"] = []
         for label, hidden, bs in [("quick-cpu 784-32-10, B=32", 32, 32),
                                   (f"784-784-10, B={B}", 784, B)]:
@@ -154,32 +166,38 @@ def block_lines(label, hidden, batch_size, X, Y, sizes, repeats, device) -> list
         M = n // K
         x = batched.x0.expand(M, 1, -1).clone()
         batches = batched.sample_batches(M * K, gen).view(M, K, batch_size)
-        t, cpu = {}, {}
+        t, cpu, faults = {}, {}, {}
         for name, p in [("looped", looped), ("batched", batched)]:
-            t[name], cpu[name] = _wall_and_cpu(lambda p=p: p.taylor(x, batches, "sam", 0.2, order=2), repeats, device)
+            t[name], cpu[name], faults[name] = _wall_and_cpu(
+                lambda p=p: p.taylor(x, batches, "sam", 0.2, order=2), repeats, device)
         row = {"model": label, "pairs": M * K, "block_size": batched.block_size,
-               **{f"{k}_ms": t[k] / (M * K) * 1e3 for k in t}, **{f"{k}_cpu_ms": cpu[k] / (M * K) * 1e3 for k in cpu}}
+               **{f"{k}_ms": t[k] / (M * K) * 1e3 for k in t}, **{f"{k}_cpu_ms": cpu[k] / (M * K) * 1e3 for k in cpu},
+               **{f"{k}_minor_faults_per_pair": faults[k] / (M * K) for k in faults}}
         print(f"{label:<28}{M * K:>6}{row['looped_ms']:>10.3f}{row['batched_ms']:>10.3f}"
               f"{t['looped'] / t['batched']:>10.2f}{row['looped_cpu_ms']:>11.3f}{row['batched_cpu_ms']:>11.3f}"
-              f"{batched.block_size:>7}")
+              f"{batched.block_size:>7}{row['batched_minor_faults_per_pair']:>13.0f}")
         rows.append(row)
     return rows
 
 
-def _wall_and_cpu(fn, repeats: int, device) -> tuple[float, float]:
-    """Medians of the wall time and of this process's CPU time (user + system) per call,
-    after one warm-up call. On a shared machine the CPU time is the steadier figure."""
+def _wall_and_cpu(fn, repeats: int, device) -> tuple[float, float, float]:
+    """Medians of the wall time, of this process's CPU time (user + system) and of its
+    minor page faults per call, after one warm-up call. On a shared machine the CPU time
+    is the steadier figure; the faults count first touches of freshly mapped memory
+    (the outputs of a large block: docs/batched_oracles.md)."""
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     fn()
     sync()
-    walls, cpus = [], []
+    walls, cpus, faults = [], [], []
     for _ in range(repeats):
+        f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         w, c = time.perf_counter(), time.process_time()
         fn()
         sync()
         walls.append(time.perf_counter() - w)
         cpus.append(time.process_time() - c)
-    return statistics.median(walls), statistics.median(cpus)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
+    return statistics.median(walls), statistics.median(cpus), statistics.median(faults)
 
 
 if __name__ == "__main__":
