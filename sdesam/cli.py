@@ -93,9 +93,9 @@ COMMANDS: dict[str, Command] = {
                      "command with --resume to continue it", out_flag="--out-dir",
                      out_default="its --out-dir"),
     "bench oracles": Command("benchmarks.oracles", "cost of g, v² and one SAM / SDE step in gradients; "
-                             "looped vs batched blocks", "not re-timed", "a benchmark keeps no partial results; rerun it"),
-    "bench eigensam": Command("benchmarks.eigensam", "Eigen-SAM / SAM step-time ratio on ResNet-18",
-                              "151 s", "a benchmark keeps no partial results; rerun it"),
+                             "looped vs batched blocks", "53 s", "a benchmark keeps no partial results; rerun it"),
+    "bench eigensam": Command("benchmarks.eigensam", "SAM, paper / Lanczos / official Eigen-SAM: cost and alignment, "
+                              "ResNet-18", "~9 min", "a benchmark keeps no partial results; rerun it"),
     "bench curvature": Command("benchmarks.curvature", "products for λ₁: Lanczos vs power iteration",
                                "46 s", "a benchmark keeps no partial results; rerun it"),
     "causal-mlp": Command("figures.causal_mlp", "the causal chain on the MNIST MLP: SAM, Eigen-SAM vs Eq. 4/5/6 "
