@@ -6,9 +6,9 @@ minibatches per Euler sub-step. Two documented configurations (``MLP_CONFIGS``):
 
 * ``quick-cpu``: hidden width 32 (d = 25,450), a fixed random subset of 2,048
   training images, B = 32, K = 4, T = 0.16, one Euler sub-step (m = 1, which
-  understates the SDE error: docs/weak_error.md, ablation), M = 12,288 trajectories
-  (192 chunks of 64, 1,536 bootstrap blocks of 8: what resolves SAM-SDE3's ‖x‖² error at
-  η ≤ 0.04). Each SDE sub-step of a chunk is one
+  understates the SDE error: docs/weak_error.md, ablation), M = 8,192 trajectories
+  (128 chunks of 64, 1,024 bootstrap blocks of 8: what resolves SAM-SDE3's ‖x‖² error at
+  η ≤ 0.04 at ≥ 3 SEs in about 15 min on 2 cores). Each SDE sub-step of a chunk is one
   batched oracle call of 64 × 4 (trajectory, minibatch) pairs (``ModuleProblem``'s
   block path); run time and what it resolves: docs/weak_error.md, section 6.
 * ``gpu``: the paper's 784-784-10 network (d = 623,290) on all 60,000 training
@@ -68,7 +68,7 @@ class MLPConfig:
 MLP_CONFIGS = {
     "quick-cpu": MLPConfig(hidden=32, n_train=2048, batch_size=32, n_batches=4, eval_examples=512,
                            etas=(0.08, 0.04, 0.02, 0.01), horizon=0.16, record_every=2, substeps=1,
-                           n_chunks=192, chunk_size=64, blocks_per_chunk=8),
+                           n_chunks=128, chunk_size=64, blocks_per_chunk=8),
     "gpu": MLPConfig(),
 }
 
