@@ -109,7 +109,7 @@ COMMANDS: dict[str, Command] = {
                                 "at the end); rerunning the same command starts over",
                                 out_default="eigen_weak_error_out"),
     "bench causal": Command("benchmarks.causal", "cost of one Eq. 5 / Eigen-SAM SDE Euler step in gradients",
-                            "not timed", "a benchmark keeps no partial results; rerun it"),
+                            "74 s", "a benchmark keeps no partial results; rerun it"),
     "bench gpu": Command("benchmarks.gpu_check", "the GPU check (--device cuda); --device cpu --small: smoke test",
                          "~2 min --small", "report.json and summary.md in {out} hold the parts finished so "
                          "far; rerun to measure again", out_default="gpu_check_out"),
