@@ -609,18 +609,14 @@ def part_oracles(ctx: PartContext) -> None:
 
 
 def _synthetic_figure2_problem(cfg, device):
-    """Figure 2's problem (the 784-784-10 GeLU MLP, 60,000 train and 10,000 test examples)
-    on standard-normal MNIST-shaped inputs with uniform labels, for when MNIST is absent."""
+    """Figure 2's problem on standard-normal MNIST-shaped inputs with uniform labels
+    (60,000 train, 10,000 test), for when MNIST is absent."""
     import torch
 
-    from sdesam.models import MLP
-    from sdesam.problem import ModuleProblem
+    from figures import figure2
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(70_000, 784, generator=g), torch.randint(10, (70_000,), generator=g)
-    torch.manual_seed(cfg.init_seed)
-    model = MLP(784, (784,), 10, activation="gelu")
-    return ModuleProblem(model, "cross_entropy", x[:60_000], y[:60_000], cfg.batch_size,
-                         test=(x[60_000:], y[60_000:]), dtype=getattr(torch, cfg.dtype), device=device)
+    return figure2.mlp_problem(cfg, x[:60_000], y[:60_000], (x[60_000:], y[60_000:]), device)
 
 
 def part_figure2(ctx: PartContext) -> None:

@@ -93,10 +93,16 @@ def load_problem(cfg: Config, device: torch.device, data_dir=None) -> ModuleProb
     def prep(images):
         return (images.reshape(images.shape[0], -1).float() / 255.0 - mean) / std
 
+    return mlp_problem(cfg, prep(train.images), train.labels, (prep(test.images), test.labels), device)
+
+
+def mlp_problem(cfg: Config, inputs: torch.Tensor, labels: torch.Tensor, test: tuple, device) -> ModuleProblem:
+    """The 784-784-10 GeLU MLP (initialised from ``cfg.init_seed``) on flattened inputs
+    (n, 784) and labels (n,), with ``test`` = (inputs, labels) for the test metrics."""
     torch.manual_seed(cfg.init_seed)
     model = MLP(784, (784,), 10, activation="gelu")
-    return ModuleProblem(model, "cross_entropy", prep(train.images), train.labels, cfg.batch_size,
-                         test=(prep(test.images), test.labels), dtype=getattr(torch, cfg.dtype), device=device)
+    return ModuleProblem(model, "cross_entropy", inputs, labels, cfg.batch_size, test=test,
+                         dtype=getattr(torch, cfg.dtype), device=device)
 
 
 def make_all_dynamics(cfg: Config, problem: ModuleProblem) -> list:

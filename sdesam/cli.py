@@ -67,24 +67,27 @@ class Command:
 
 _FIGURE_KEPT = ("finished training runs and the checkpoints of unfinished ones are kept in {out}; "
                 "rerunning the same command resumes from them")
+_BENCH_KEPT = "a benchmark keeps no partial results; rerun it"
+
+
+def _figure(name: str, summary: str, quick_time: str) -> Command:
+    """A figure command: module ``figures.<name>``, runs kept and resumed in ``runs/<name>``."""
+    return Command(f"figures.{name}", summary, quick_time, _FIGURE_KEPT, out_default=f"runs/{name}")
+
+
 COMMANDS: dict[str, Command] = {
     "figure2": Command("figures.figure2", "Figure 2: discrete SAM vs SAM-SDE2/SDE3 on the MNIST MLP",
                        "303 s", "the records and checkpoints written so far are kept in {out}; rerunning "
                        "the same command resumes exactly", out_default="runs/figure2"),
-    "figure1": Command("figures.figure1", "Figure 1: Align(ε, v₁) and λ₁ during SGD / SAM / Eigen-SAM training",
-                       "137 s", _FIGURE_KEPT, out_default="runs/figure1"),
-    "figure3": Command("figures.figure3", "Figure 3: test accuracy against α; Hessian spectrum (SLQ)",
-                       "148 s", _FIGURE_KEPT, out_default="runs/figure3"),
-    "figure5": Command("figures.figure5", "Figure 5: power-iteration estimate's alignment with v₁ against q",
-                       "56 s", _FIGURE_KEPT, out_default="runs/figure5"),
+    "figure1": _figure("figure1", "Figure 1: Align(ε, v₁) and λ₁ during SGD / SAM / Eigen-SAM training", "137 s"),
+    "figure3": _figure("figure3", "Figure 3: test accuracy against α; Hessian spectrum (SLQ)", "148 s"),
+    "figure5": _figure("figure5", "Figure 5: power-iteration estimate's alignment with v₁ against q", "56 s"),
     "table1": Command("figures.table1", "Table 1: test accuracy of SGD / SAM / Eigen-SAM (--quick: CPU grid)",
                       "238 s --quick", "finished cells and the checkpoints of unfinished ones are kept "
                       "in {out}; rerunning the same command resumes from them",
                       out_flag="--runs-dir", out_default="runs/table1 (runs/table1-quick with --quick)"),
-    "table_p": Command("figures.table_p", "Tables 3-4: Eigen-SAM test accuracy against the refresh interval p",
-                       "182 s", _FIGURE_KEPT, out_default="runs/table_p"),
-    "appendix_a": Command("figures.appendix_a", "Appendix A: SAM, Reverse-SAM and EGR losses",
-                          "143 s", _FIGURE_KEPT, out_default="runs/appendix_a"),
+    "table_p": _figure("table_p", "Tables 3-4: Eigen-SAM test accuracy against the refresh interval p", "182 s"),
+    "appendix_a": _figure("appendix_a", "Appendix A: SAM, Reverse-SAM and EGR losses", "143 s"),
     "weak-error": Command("validation.weak_error", "weak error of the SDEs against η and ρ (Theorem 4.1)",
                           "382 s", "nothing is kept (results.json is written at the end); rerunning "
                           "the same command starts over", out_default="weak_error_out"),
@@ -93,11 +96,11 @@ COMMANDS: dict[str, Command] = {
                      "command with --resume to continue it", out_flag="--out-dir",
                      out_default="its --out-dir"),
     "bench oracles": Command("benchmarks.oracles", "cost of g, v² and one SAM / SDE step in gradients; "
-                             "looped vs batched blocks", "53 s", "a benchmark keeps no partial results; rerun it"),
+                             "looped vs batched blocks", "53 s", _BENCH_KEPT),
     "bench eigensam": Command("benchmarks.eigensam", "SAM, paper / Lanczos / official Eigen-SAM: cost and alignment, "
-                              "ResNet-18", "~9 min", "a benchmark keeps no partial results; rerun it"),
+                              "ResNet-18", "~9 min", _BENCH_KEPT),
     "bench curvature": Command("benchmarks.curvature", "products for λ₁: Lanczos vs power iteration",
-                               "46 s", "a benchmark keeps no partial results; rerun it"),
+                               "46 s", _BENCH_KEPT),
     "causal-mlp": Command("figures.causal_mlp", "the causal chain on the MNIST MLP: SAM, Eigen-SAM vs Eq. 4/5/6 "
                           "and the Eigen-SAM SDE", "~15 min est.", "finished (method, seed) runs are kept in "
                           "{out}; rerunning the same command resumes from them", out_default="runs/causal_mlp"),
@@ -109,7 +112,7 @@ COMMANDS: dict[str, Command] = {
                                 "at the end); rerunning the same command starts over",
                                 out_default="eigen_weak_error_out"),
     "bench causal": Command("benchmarks.causal", "cost of one Eq. 5 / Eigen-SAM SDE Euler step in gradients",
-                            "74 s", "a benchmark keeps no partial results; rerun it"),
+                            "74 s", _BENCH_KEPT),
     "bench gpu": Command("benchmarks.gpu_check", "the GPU check (--device cuda); --device cpu --small: smoke test",
                          "~2 min --small", "report.json and summary.md in {out} hold the parts finished so "
                          "far; rerun to measure again", out_default="gpu_check_out"),
