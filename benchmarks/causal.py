@@ -25,7 +25,7 @@ import torch
 from benchmarks.oracles import paper_mlp
 from benchmarks.timing import median_seconds
 from sdesam._checks import check_int
-from sdesam.dynamics import make_dynamics
+from sdesam.registry import make_dynamics
 
 
 def _step_times(dyn, repeats: int, warmup: int) -> tuple[float, list[int]]:

@@ -382,12 +382,9 @@ def _kwargs_for(cls_or_fn, candidates: dict) -> dict:
 
 def _make_dynamics(name: str, problem, **candidates):
     """``make_dynamics(name, problem, ...)`` with the hyperparameters its class accepts."""
-    from sdesam import dynamics
-    try:
-        kwargs = _kwargs_for(dynamics._registry()[name].__init__, candidates)
-    except (AttributeError, KeyError):               # registry reorganised: let make_dynamics judge
-        kwargs = candidates
-    return dynamics.make_dynamics(name, problem, **kwargs)
+    from sdesam.registry import REGISTRY, make_dynamics
+    accepted = REGISTRY[name].hyperparameters
+    return make_dynamics(name, problem, **{k: v for k, v in candidates.items() if k in accepted})
 
 
 # ======================================================================================
@@ -511,13 +508,11 @@ def _replayed_step(name: str, cpu, dev, hyper: dict, M: int = 2):
     x0 = sd.x.clone()
     with contextlib.ExitStack() as stack:
         stack.enter_context(recorder(dev, "sample_batches", "batches"))
-        if hasattr(dyn_d, "brownian_increment"):
-            stack.enter_context(recorder(dyn_d, "brownian_increment", "noise"))
+
         dyn_d.advance(sd, 1)
     with contextlib.ExitStack() as stack:
         stack.enter_context(replayer(cpu, "sample_batches", "batches"))
-        if hasattr(dyn_c, "brownian_increment"):
-            stack.enter_context(replayer(dyn_c, "brownian_increment", "noise"))
+
         dyn_c.advance(sc, 1)
     if any(tape.values()):
         raise CheckFailed(f"the CPU step did not replay every draw of the device step ({ {k: len(v) for k, v in tape.items()} })")
@@ -547,7 +542,7 @@ def part_compare(ctx: PartContext) -> None:
     """Oracles and one step of every dynamics: ``ctx.device`` against the CPU."""
     import torch
 
-    from sdesam.dynamics import DYNAMICS
+    from sdesam.registry import DYNAMICS
     torch.manual_seed(0)
     K = 2 if ctx.small else 8
     hyper = {"eta": 0.01, "rho": 0.2, "n_batches": K, "substeps": 1}
@@ -680,7 +675,7 @@ def part_weak_error(ctx: PartContext) -> None:
     from sdesam.simulate import record_steps
     from validation.experiment import SDE_MODELS, num_steps
     from validation.mlp import MLP_CONFIGS, mlp_problem, mlp_test_functions
-    from validation.montecarlo import run_chunk
+    from sdesam.montecarlo import run_chunk
     name = "quick-cpu" if ctx.small else "gpu"
     cfg = MLP_CONFIGS[name]
     dataset = "mnist" if _mnist_or_none(ctx.data_dir) is not None else "synthetic"

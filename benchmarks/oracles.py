@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from benchmarks.timing import median_seconds
-from sdesam.dynamics import make_dynamics
+from sdesam.registry import make_dynamics
 from sdesam.problem import ModuleProblem
 
 

@@ -46,13 +46,15 @@ import torch
 from tqdm.auto import tqdm
 
 from sdesam.curvature import alignment
-from sdesam.dynamics import make_dynamics
+from sdesam.registry import make_dynamics
 from sdesam.eigenpairs import minibatch_top_eigenpairs
 from sdesam.metrics import FIGURE2_METRICS, ClassificationMetrics
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, record_steps, run_trajectory
 
 from . import figure2
-from .common import check_counts, resolve_device, save_figure, write_json_atomic, write_summary
+from sdesam.parallel import resolve_device
+
+from .common import check_counts, save_figure, write_json_atomic, write_summary
 
 DISCRETE = ("sam", "eigen_sam", "ideal_eigen_sam")
 SDES = ("sam_sde3", "aligned_sde5", "aligned_sde6", "eigen_sam_sde")
@@ -109,27 +111,22 @@ def make_all_dynamics(cfg: Config, problem) -> list:
 
 class AlignmentProbe:
     """Align(ε_γ, v₁(H_γ)) of the perturbation a discrete method uses, measured at the
-    steps just before the recorded ones (one extra gradient and a Lanczos run there).
-
-    Wraps the instance's ``_perturbed_step`` (the one place every SAM-family integrator
-    forms ε), so the method's own rule and eigenvector estimate are what is measured."""
+    steps just before the recorded ones (a Lanczos run there), through the method's
+    ``observer`` hook: the method's own rule and eigenvector estimate are what is measured."""
 
     def __init__(self, dyn, steps, tol: float, max_iters: int):
         self.dyn, self.wanted = dyn, {k - 1 for k in steps if k > 0}
         self.tol, self.max_iters = tol, max_iters
         self.value = math.nan
-        self._inner = dyn._perturbed_step
-        dyn._perturbed_step = self._probed
+        dyn.observer = self._observe
 
-    def _probed(self, state, batch, eigvec=None, rule=None):
-        if state.step in self.wanted:
+    def _observe(self, step, x, batch, eps):
+        if step in self.wanted:
             p = self.dyn.problem
-            eps = (rule or self.dyn.rule)(p.gradient(state.x, batch), eigvec)
-            gen = torch.Generator(device=p.device).manual_seed(state.step)
-            v1 = minibatch_top_eigenpairs(p, state.x[0], batch[0], method="lanczos", tol=self.tol,
+            gen = torch.Generator(device=p.device).manual_seed(step)
+            v1 = minibatch_top_eigenpairs(p, x[0], batch[0], method="lanczos", tol=self.tol,
                                           max_iters=self.max_iters, generator=gen).vector
             self.value = float(alignment(eps[0], v1))
-        self._inner(state, batch, eigvec, rule)
 
 
 def _metrics_for(dyn, base, steps, cfg):

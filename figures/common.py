@@ -41,16 +41,6 @@ def write_summary(summary: dict, out: Path, device, t_start: float) -> dict:
     return summary
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when present, else CPU; otherwise the named device (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def check_counts(config, zero_allowed=()) -> None:
     """Refuse, before anything runs, a count of 0 or an empty list in a figure's
     configuration (a dataclass): every int field must be >= 1 (>= 0 for the names in

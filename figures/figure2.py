@@ -36,13 +36,15 @@ import torch
 from tqdm.auto import tqdm
 
 from sdesam._checks import check_choice, check_int, check_nonnegative, check_positive
-from sdesam.dynamics import make_dynamics
+from sdesam.registry import make_dynamics
 from sdesam.metrics import FIGURE2_METRICS, ClassificationMetrics
 from sdesam.models import MLP
 from sdesam.problem import ModuleProblem
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, record_steps, run_trajectory
 
-from .common import check_counts, resolve_device, save_figure, write_json_atomic, write_summary
+from sdesam.parallel import resolve_device
+
+from .common import check_counts, save_figure, write_json_atomic, write_summary
 
 DYNAMICS = ("sam", "sam_sde2", "sam_sde3")
 LABELS = {"sam": "discrete SAM", "sam_sde2": "SAM-SDE2 (Eq. 3)", "sam_sde3": "SAM-SDE3 (Eq. 4)"}

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from sdesam.curvature import (HessianOperator, alignment, lanczos, power_iteration,
                               random_unit_vector, slq, unit_vector)
 from sdesam.optim import SAM, EigenSAM, eval_mode, frozen_running_stats
-from sdesam.problem import derived_seed
+from sdesam._streams import derived_seed
 from sdesam.training import Callback
 
 from .common import write_json_atomic

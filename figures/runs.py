@@ -30,7 +30,9 @@ from sdesam.data import DatasetNotFoundError, load_dataset
 from sdesam.training import RESUME_MUTABLE_FIELDS, TrainConfig, table1, train
 from sdesam.training.files import FINAL_FILE, METRICS_FILE, STEPS_FILE, read_json, read_jsonl
 
-from .common import check_counts, resolve_device, write_json_atomic
+from sdesam.parallel import resolve_device
+
+from .common import check_counts, write_json_atomic
 from .table1 import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS, t_interval
 
 __all__ = ["TrainingSettings", "Run", "run_or_collect", "prepare_output", "add_config_arguments",

@@ -1,10 +1,15 @@
-"""The common interface of every dynamics: discrete integrators and SDE solvers.
+"""The common interface of every dynamics: discrete methods and SDE solvers.
 
 A dynamics advances a state of M parallel trajectories x ∈ R^{M×d} in units of the
 learning rate η: one discrete step, or SDE time η (m Euler sub-steps). All randomness
-of step k comes from generators keyed by (seed, k), so a run can be stopped, saved
-(``RunState.state_dict``) and resumed to the same result, and two dynamics given the
-same seed see the same minibatch stream where their sampling agrees.
+of step k comes from generators keyed by (seed, stream, k) (``sdesam._streams``), so a
+run can be stopped, saved (``RunState.state_dict``) and resumed to the same result, and
+two dynamics given the same seed see the same minibatch stream where their sampling
+agrees (common random numbers).
+
+Names. ``name`` labels a dynamics in records: the method it runs, e.g. ``"sam"`` (the
+discrete step of the SAM rule), ``"sam_sde3"`` (its third-order SDE), ``"asam_sde3"``
+(ASAM's). ``config()`` holds every hyperparameter, the rule's included.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from ._checks import check_int, check_positive
 from .errors import NonFiniteStateError
 from .problem import Problem
 
-__all__ = ["Dynamics", "RunState", "make_dynamics", "DYNAMICS"]
+__all__ = ["Dynamics", "RunState"]
 
 
 @dataclass
@@ -58,6 +63,9 @@ class Dynamics(ABC):
     name: str = "dynamics"
 
     def __init__(self, problem: Problem, eta: float):
+        if not isinstance(problem, Problem):
+            raise ValueError(f"problem must be a sdesam Problem (FunctionProblem, ModuleProblem, ...), "
+                             f"got {type(problem).__name__}")
         self.problem = problem
         self.eta = check_positive("eta", eta)
 
@@ -66,10 +74,17 @@ class Dynamics(ABC):
         return {"dynamics": self.name, "eta": self.eta}
 
     def init_state(self, x0: Tensor | None = None, seed: int = 0) -> RunState:
-        """Fresh state at x0 ((d,) or (M, d); default the problem's x0), step 0."""
+        """Fresh state at x0 ((d,) or (M, d) for M trajectories; default the problem's x0),
+        step 0, all randomness drawn from ``seed`` (an integer ≥ 0)."""
         x0 = self.problem.x0 if x0 is None else x0
-        if x0.shape[-1] != self.problem.dim:
-            raise ValueError(f"x0 has last dimension {x0.shape[-1]}, expected d={self.problem.dim}")
+        if not isinstance(x0, Tensor) or x0.dim() not in (1, 2) or x0.shape[-1] != self.problem.dim:
+            got = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
+            raise ValueError(f"x0 must have shape (d,) or (M, d) with d={self.problem.dim}, got {got}")
+        if x0.shape[0] == 0:
+            raise ValueError("x0 holds no trajectory (M = 0)")
+        if not bool(torch.isfinite(x0).all()):
+            raise ValueError("x0 holds NaN or Inf")
+        check_int("seed", seed, 0)
         x = x0.detach().to(self.problem.device, self.problem.dtype).reshape(-1, self.problem.dim).clone()
         return RunState(x=x, step=0, seed=int(seed))
 
@@ -93,35 +108,3 @@ class Dynamics(ABC):
     @abstractmethod
     def _step(self, state: RunState) -> None:
         """Replace state.x by the state one step (η) later; state.step is still k."""
-
-
-def _registry():
-    from . import integrators, sde
-    return {
-        "sgd": integrators.SGD,
-        "sam": integrators.SAM,
-        "usam": integrators.USAM,
-        "reverse_sam": integrators.ReverseSAM,
-        "egr": integrators.EGR,
-        "asam": integrators.ASAM,
-        "eigen_sam": integrators.EigenSAM,
-        "sgd_sde": sde.SGDSDE,
-        "sam_sde2": sde.SAMSDE2,
-        "sam_sde3": sde.SAMSDE3,
-        "ideal_eigen_sam": integrators.IdealEigenSAM,
-        "aligned_sde5": sde.AlignedSDE5,
-        "aligned_sde6": sde.AlignedSDE6,
-        "eigen_sam_sde": sde.EigenSAMSDE,
-    }
-
-
-DYNAMICS = ("sgd", "sam", "usam", "reverse_sam", "egr", "asam", "eigen_sam", "sgd_sde", "sam_sde2", "sam_sde3",
-            "ideal_eigen_sam", "aligned_sde5", "aligned_sde6", "eigen_sam_sde")
-
-
-def make_dynamics(name: str, problem: Problem, **hyperparameters) -> Dynamics:
-    """Build a dynamics by name (one of ``DYNAMICS``) with its hyperparameters."""
-    reg = _registry()
-    if name not in reg:
-        raise ValueError(f"dynamics must be one of {list(DYNAMICS)}, got {name!r}")
-    return reg[name](problem, **hyperparameters)

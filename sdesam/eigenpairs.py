@@ -8,7 +8,7 @@ Hessian H_γ = ∇²f_γ(x), and the gap λ₁ − λ₂ that Assumption B.2 nee
 * ``"dense"``: H_γ formed from d Hessian-vector products (the problem's own ``hvp``,
   vectorised over all minibatches and points), or from the problem's closed-form
   ``hessian(x, batch)`` / ``full_hessian(x)`` when it has them (the GLM toys of
-  ``validation.toy``: ~100× faster), and ``torch.linalg.eigh`` in float64. Exact to
+  ``sdesam.toys``: ~100× faster), and ``torch.linalg.eigh`` in float64. Exact to
   rounding; for small d only (``max_dense_dim``, else ``ValueError``).
 * ``"lanczos"``: ``sdesam.curvature.lanczos`` (full reorthogonalisation, k = 2 so that
   λ₂ and with it the gap come out too) on ``problem.hvp_at`` per minibatch, started
@@ -31,11 +31,12 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_int, check_positive
+from ._streams import STREAM_EIGEN, seeded_generator
 from .curvature import HessianOperator, lanczos
-from .problem import ModuleProblem, Problem, seeded_generator
+from .problem import ModuleProblem, Problem
 
 __all__ = ["TopEigenpairs", "minibatch_top_eigenpairs", "full_hessian_top_eigenvector", "check_hessian_subset",
-           "top_eigenvector", "EigenSolverMixin", "MAX_DENSE_DIM"]
+           "EigenSolverMixin", "MAX_DENSE_DIM", "EIGVEC_SOURCES"]
 
 #: default largest d for the dense path (a d × d float64 matrix per minibatch and point)
 MAX_DENSE_DIM = 64
@@ -225,43 +226,62 @@ def check_hessian_subset(problem: Problem, subset: Tensor | None) -> Tensor | No
     return subset
 
 
-def top_eigenvector(dyn, points: Tensor, x: Tensor, batches: Tensor, index: int, seed: int):
-    """The eigenvector an Eigen-SAM dynamics ``dyn`` aligns with at sub-step (or step)
-    ``index``: of the full-batch Hessian at ``points`` (M, d) when
-    ``dyn.eigvec_source == "full"``, else of each minibatch Hessian for x and ``batches``
-    (broadcasting as the oracles do). ``dyn`` carries the solver options (``eig_method``,
-    ``eig_tol``, ``eig_max_iters``, ``max_dense_dim``, ``hessian_subset``) and the warm
-    start (``_warm_start(shape)``); Lanczos start vectors without one are drawn from
-    (seed, STREAM_EIGEN, index). Returns ``TopEigenpairs``."""
-    from .integrators import STREAM_EIGEN
-    gen = seeded_generator(seed, STREAM_EIGEN, index, device=dyn.problem.device)
-    common = {"method": dyn.eig_method, "tol": dyn.eig_tol, "max_iters": dyn.eig_max_iters,
-              "max_dense_dim": dyn.max_dense_dim, "generator": gen}
-    if dyn.eigvec_source == "full":
-        return full_hessian_top_eigenvector(dyn.problem, points, hessian_subset=dyn.hessian_subset,
-                                            v0=dyn._warm_start(points.shape), **common)
-    S = torch.broadcast_shapes(x.shape[:-1], batches.shape[:-1])
-    return minibatch_top_eigenpairs(dyn.problem, x, batches, v0=dyn._warm_start((*S, dyn.problem.dim)), **common)
+#: where an Eigen-SAM dynamics takes its eigenvector: the full-batch Hessian or each H_γ
+EIGVEC_SOURCES = ("full", "minibatch")
 
 
 class EigenSolverMixin:
-    """Eigensolver options and warm starts for a ``Dynamics`` that needs top eigenvectors
-    every (sub-)step (the aligned SDEs, the Eigen-SAM SDE, the ideal Eigen-SAM): the
-    options are validated once, and the Lanczos warm start is kept in
-    ``state.extra["eig_warm"]`` so that a resumed run continues exactly."""
+    """Eigen-solver options, the top eigenvector and its warm start, for a ``Dynamics`` that
+    needs top eigenvectors every (sub-)step (the aligned SDEs, the Eigen-SAM SDE, the
+    ideal Eigen-SAM).
 
-    def _init_eigensolver(self, method: str, tol: float, max_iters: int, max_dense_dim: int):
+    ``_init_eigensolver`` validates the options once. ``top_eigenvector`` solves for the
+    vector the dynamics aligns with; with Lanczos it is warm-started from the previous
+    (sub-)step's vector of the same slot, which ``_step`` keeps in
+    ``state.extra["eig_warm"]`` so that a resumed run continues exactly. Lanczos start
+    vectors without a warm start are drawn from (seed, STREAM_EIGEN, index).
+    """
+
+    def _init_eigensolver(self, method: str, tol: float, max_iters: int, max_dense_dim: int, *,
+                          eigvec_source: str = "minibatch", hessian_subset: Tensor | None = None):
         self.eig_method = _resolve_method(method, self.problem.dim, max_dense_dim)
         self.eig_tol = check_positive("eig_tol", tol)
         self.eig_max_iters = check_int("eig_max_iters", max_iters, 2)
         self.max_dense_dim = max_dense_dim
+        self.eigvec_source = check_choice("eigvec_source", eigvec_source, EIGVEC_SOURCES)
+        self.hessian_subset = (check_hessian_subset(self.problem, hessian_subset)
+                               if eigvec_source == "full" else None)
+        if eigvec_source == "minibatch" and hessian_subset is not None:
+            raise ValueError("hessian_subset applies to eigvec_source='full' only, got eigvec_source='minibatch'")
         self._warm = None
 
     def _eig_config(self) -> dict:
-        return {"eig_method": self.eig_method, "eig_tol": self.eig_tol, "eig_max_iters": self.eig_max_iters}
+        sub = None if self.hessian_subset is None else int(self.hessian_subset.numel())
+        return {"eig_method": self.eig_method, "eig_tol": self.eig_tol, "eig_max_iters": self.eig_max_iters,
+                "max_dense_dim": self.max_dense_dim, "eigvec_source": self.eigvec_source,
+                "hessian_subset_size": sub}
 
     def _warm_start(self, shape) -> Tensor | None:
         return self._warm if self._warm is not None and self._warm.shape == shape else None
+
+    def top_eigenvector(self, points: Tensor, x: Tensor, batches: Tensor, seed: int, index: int) -> TopEigenpairs:
+        """The eigenpairs this dynamics aligns with at (sub-)step ``index``: of the full-batch
+        Hessian at ``points`` (M, d) (``eigvec_source="full"``; vectors (M, d)), else of each
+        minibatch Hessian for x and ``batches`` (broadcasting as the oracles do; vectors
+        (*S, d)). Updates the warm start."""
+        gen = seeded_generator(seed, STREAM_EIGEN, index)
+        common = {"method": self.eig_method, "tol": self.eig_tol, "max_iters": self.eig_max_iters,
+                  "max_dense_dim": self.max_dense_dim, "generator": gen}
+        if self.eigvec_source == "full":
+            eig = full_hessian_top_eigenvector(self.problem, points, hessian_subset=self.hessian_subset,
+                                               v0=self._warm_start(points.shape), **common)
+        else:
+            S = torch.broadcast_shapes(x.shape[:-1], batches.shape[:-1])
+            eig = minibatch_top_eigenpairs(self.problem, x, batches, v0=self._warm_start((*S, self.problem.dim)),
+                                           **common)
+        if self.eig_method == "lanczos":
+            self._warm = eig.vector.clone()
+        return eig
 
     def _step(self, state):
         self._warm = state.extra.get("eig_warm")

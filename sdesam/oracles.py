@@ -1,6 +1,6 @@
 """Per-minibatch oracles by generic reverse-mode autograd.
 
-For one minibatch γ at x (u_γ = ε_γ is held constant, never differentiated; DESIGN §3.1):
+For one minibatch γ at x (u_γ = ε_γ is held constant, never differentiated; docs/math.md §2):
 
     g_γ = ∇f_γ(x)            ε_γ = rule(g_γ)
     h_γ = ∇²f_γ(x) ε_γ       t_γ = ∇³f_γ(x)(ε_γ, ε_γ) = ∇_x[ε_γᵀ ∇²f_γ(x) ε_γ]
@@ -16,11 +16,9 @@ not interact, the gradient of ``loss_fn(x).sum()`` is the stack of per-instance
 gradients, so one autograd call serves all of them.
 
 This generic path is reverse-over-reverse-over-reverse (``autograd.grad`` with
-``create_graph``). Measured on the 784-784-10 GeLU MLP with B = 128 on 2 CPU cores
-(torch 2.13): 6.3–6.8× a plain gradient, against 14× for nested ``torch.func.jvp``;
-nested ``torch.autograd.forward_ad`` is not supported by torch. Sequential models of
-standard layers take the faster Taylor-mode path of ``sdesam.jet`` instead (3.2–3.4×
-a gradient; see ``benchmarks/oracles.py``).
+``create_graph``): three nested reverse passes. Sequential models of standard layers
+take the cheaper Taylor-mode path of ``sdesam.jet`` instead (``benchmarks.oracles``
+measures both; docs/results/oracles.md).
 """
 from __future__ import annotations
 
@@ -31,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_int, check_nonnegative
-from .perturbations import PerturbationRule
+from .rules import PerturbationRule
 
 __all__ = ["TaylorVectors", "autograd_gradient", "autograd_hvp", "autograd_taylor", "check_order"]
 
@@ -95,7 +93,7 @@ def autograd_hvp(loss_fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> T
 
 def autograd_taylor(loss_fn: Callable[[Tensor], Tensor], x: Tensor, rule: PerturbationRule,
                     rho: float, order: int = 2, eigvec: Tensor | None = None,
-                    components: bool = False) -> TaylorVectors:
+                    components: bool = False, generator: torch.Generator | None = None) -> TaylorVectors:
     """g, ε, and the Taylor vector v^order at x (*S, d) by reverse³ autograd.
 
     The components h and t are always computed on this path (the Taylor vector needs
@@ -106,7 +104,7 @@ def autograd_taylor(loss_fn: Callable[[Tensor], Tensor], x: Tensor, rule: Pertur
     with torch.enable_grad():
         x = _leaf(x)
         g = _grad(loss_fn(x).sum(), x, create_graph=order > 0)
-        eps = rule(g.detach(), eigvec, x=x.detach())
+        eps = rule(g.detach(), eigvec, x=x.detach(), generator=generator)
         gd = g.detach()
         if order == 0:
             return TaylorVectors(v=gd, g=gd, eps=eps, order=0, rho=rho)

@@ -2,7 +2,7 @@
 
 A minibatch γ is B distinct example indices drawn uniformly without replacement
 from the n training examples; f_γ(x) is the mean loss over γ and f(x) = E_γ f_γ(x) is
-the mean training loss (DESIGN §3).
+the mean training loss (docs/math.md §1).
 
 Shapes. Every oracle takes ``x`` of shape (*Sx, d) and ``batch`` (a LongTensor of
 example indices) of shape (*Sb, B); the leading shapes broadcast to S and the result
@@ -26,12 +26,12 @@ Two constructors:
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from abc import ABC, abstractmethod
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -39,31 +39,12 @@ from ._checks import check_choice, check_int, check_nonnegative
 from .jet import LowRankWeightTangent, SequentialJet
 from .oracles import (TaylorVectors, autograd_gradient, autograd_hvp, autograd_taylor,
                       check_order)
-from .perturbations import PerturbationRule, get_rule
+from .rules import PerturbationRule, get_rule
 
-__all__ = ["Problem", "FunctionProblem", "ModuleProblem", "derived_seed", "seeded_generator",
-           "DEFAULT_BLOCK_MEMORY"]
+__all__ = ["Problem", "FunctionProblem", "ModuleProblem", "DEFAULT_BLOCK_MEMORY"]
 
 #: default working-memory budget (bytes) of one block of batched oracles on the CPU
 DEFAULT_BLOCK_MEMORY = 256 * 2**20
-
-
-def derived_seed(*key: int) -> int:
-    """A 63-bit seed hashed from a tuple of non-negative integers (e.g. (seed, stream, step)).
-
-    Hashing the whole tuple (numpy's SeedSequence) keeps the streams of different
-    keys independent, so a run can draw the randomness of step k without having
-    drawn that of steps < k: resumed and re-ordered runs see the same randomness.
-    """
-    state = np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0]
-    return int(state) & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def seeded_generator(*key: int, device="cpu") -> torch.Generator:
-    """A torch.Generator seeded with ``derived_seed(*key)``."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(derived_seed(*key))
-    return gen
 
 
 class Problem(ABC):
@@ -135,18 +116,39 @@ class Problem(ABC):
         """C(n, B): the number of distinct minibatches."""
         return math.comb(self.n_train, self.batch_size)
 
-    def enumerate_batches(self, max_batches: int = 100_000) -> Tensor:
+    def enumerate_batches(self, max_batches: int = 100_000, ordered: bool = False) -> Tensor:
         """All C(n, B) minibatches as a LongTensor (N, B), for exact expectations.
 
         Each B-subset is equally likely under uniform sampling without replacement,
-        so E_γ is the plain mean over the rows. Raises ValueError when N > max_batches.
+        so E_γ is the plain mean over the rows. ``ordered=True`` enumerates the
+        n!/(n − B)! ordered B-tuples instead (each equally likely; what a split of the
+        minibatch into micro-batches by position needs, m-SAM). Raises ValueError when
+        N > max_batches.
         """
-        N = self.num_minibatches()
+        n, B = self.n_train, self.batch_size
+        N = math.perm(n, B) if ordered else self.num_minibatches()
         if N > max_batches:
-            raise ValueError(f"cannot enumerate C(n={self.n_train}, B={self.batch_size}) = {N} "
-                             f"minibatches (max_batches={max_batches}); use Monte Carlo (K minibatches)")
-        rows = list(itertools.combinations(range(self.n_train), self.batch_size))
+            what = f"n!/(n-B)! = {N} ordered" if ordered else f"C(n={n}, B={B}) = {N}"
+            raise ValueError(f"cannot enumerate {what} minibatches (max_batches={max_batches}); "
+                             "use Monte Carlo (K minibatches)")
+        make = itertools.permutations if ordered else itertools.combinations
+        rows = list(make(range(n), B))
         return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def with_batch_size(self, batch_size: int) -> "Problem":
+        """The same problem (shared data and model) with minibatches of ``batch_size``
+        examples — e.g. the micro-batches of m-SAM."""
+        batch_size = check_int("batch_size", batch_size, 1)
+        if batch_size > self.n_train:
+            raise ValueError(f"batch_size={batch_size} is larger than the number of training "
+                             f"examples n_train={self.n_train}")
+        other = copy.copy(self)
+        other.batch_size = batch_size
+        other._on_batch_size_change()
+        return other
+
+    def _on_batch_size_change(self) -> None:
+        """Hook: recompute what depends on the batch size (``ModuleProblem``'s block size)."""
 
     # -- oracles --------------------------------------------------------------------
     def _broadcast(self, x: Tensor, batch: Tensor):
@@ -179,11 +181,13 @@ class Problem(ABC):
 
     def taylor(self, x: Tensor, batch: Tensor, rule: PerturbationRule | str = "sam",
                rho: float = 0.0, order: int = 2, eigvec: Tensor | None = None,
-               components: bool = False) -> TaylorVectors:
-        """g_γ, ε_γ = rule(g_γ) and the Taylor vector v^order (DESIGN §3.1), each (*S, d)."""
+               components: bool = False, generator: torch.Generator | None = None) -> TaylorVectors:
+        """g_γ, ε_γ = rule(g_γ) and the Taylor vector v^order (docs/math.md §2), each (*S, d).
+
+        ``generator`` is passed to a rule that samples (``rule.needs_generator``)."""
         x, batch = self._broadcast(x, batch)
         return autograd_taylor(lambda z: self.loss(z, batch), x, get_rule(rule), rho,
-                               order, eigvec, components)
+                               order, eigvec, components, generator)
 
     # -- full data ------------------------------------------------------------------
     @abstractmethod
@@ -315,15 +319,19 @@ class ModuleProblem(Problem):
         self.block_memory = self._default_block_memory() if block_memory is None else \
             check_int("block_memory", block_memory, 1)
         self._block_memory_arg = block_memory
+        self._on_batch_size_change()
+
+    def _on_batch_size_change(self) -> None:
         self.block_size = 1
         if self.block == "batched":
             per = self.sample_bytes()
-            if block_memory is not None and self.block_memory < per:
-                raise ValueError(f"block_memory={block_memory} bytes is smaller than the estimated "
+            if self._block_memory_arg is not None and self.block_memory < per:
+                raise ValueError(f"block_memory={self._block_memory_arg} bytes is smaller than the estimated "
                                  f"working memory of one (trajectory, minibatch) pair, {per} bytes "
                                  f"(d={self.dim}, B={self.batch_size}, {self.dtype})")
             # with the default budget, a pair larger than it is evaluated alone
             self.block_size = max(1, self.block_memory // per)
+        self._rows = None
 
     def subproblem(self, indices: Tensor, batch_size: int | None = None, name: str | None = None) -> "ModuleProblem":
         """The same model and loss on the training examples ``indices`` only (no test data).
@@ -433,7 +441,7 @@ class ModuleProblem(Problem):
         """A reused (≥ n, d) buffer for a block's parameter rows. Freshly allocated memory
         costs page faults on first touch (measured 3× a copy into reused memory for a
         (8, 623290) float32 block on this machine); the rows only live during one block."""
-        buf = getattr(self, "_rows", None)
+        buf = self._rows
         if buf is None or buf.shape[0] < n or buf.dtype != x.dtype or buf.device != x.device:
             buf = self._rows = torch.empty(n, self.dim, dtype=x.dtype, device=x.device)
         return buf
@@ -486,8 +494,9 @@ class ModuleProblem(Problem):
                 return self._flat(torch.autograd.grad(l1, leaves, retain_graph=True), x.new_empty(self.dim))
         return matvec
 
-    def taylor(self, x, batch, rule="sam", rho=0.0, order=2, eigvec=None, components=False):
-        """As ``Problem.taylor``; ``eigvec`` (d,) or per pair, broadcasting against S."""
+    def taylor(self, x, batch, rule="sam", rho=0.0, order=2, eigvec=None, components=False, generator=None):
+        """As ``Problem.taylor``; ``eigvec`` (d,) or per pair, broadcasting against S. A rule
+        that samples draws from ``generator`` block by block, in row-major pair order."""
         order = check_order(order)
         rho = check_nonnegative("rho", rho)
         rule = get_rule(rule)
@@ -504,10 +513,10 @@ class ModuleProblem(Problem):
             rows = {k: out[k][rows] for k in names}
             ei = eigvec if shared_eigvec else ei
             if self._jet is not None:
-                self._jet_taylor(xi, bi, rule, rho, order, ei, rows)
+                self._jet_taylor(xi, bi, rule, rho, order, ei, rows, generator)
             else:
                 tv = autograd_taylor(lambda z, b=bi: self._batch_loss(self.unflatten(z), b),
-                                     xi, rule, rho, order, ei, components)
+                                     xi, rule, rho, order, ei, components, generator)
                 for k in names:
                     rows[k].copy_(getattr(tv, k))
         shaped = {k: v.reshape(*S, self.dim) for k, v in out.items()}
@@ -532,7 +541,7 @@ class ModuleProblem(Problem):
                                           stacked=stacked)
             self._flat(torch.autograd.grad(l1, leaves), out)
 
-    def _jet_taylor(self, x, idx, rule, rho, order, eigvec, rows: dict) -> None:
+    def _jet_taylor(self, x, idx, rule, rho, order, eigvec, rows: dict, generator=None) -> None:
         """Taylor mode (``sdesam.jet``) for one pair (x (d,), idx (B,)) or a stacked block
         (x (N, d), idx (N, B)), written into ``rows`` (v, g, eps[, h, t]), each (d,) or (N, d)."""
         inputs, targets = self._examples(idx)
@@ -549,14 +558,14 @@ class ModuleProblem(Problem):
             g = self._flat(grads[:len(leaves)], rows["g"])
             factors = {}
             if coefficient_form:
-                a, b = rule.coefficients(g, eigvec)
+                a, b = rule.coefficients_for(g, eigvec, generator)
                 eps = rule.combine(g, a, b, eigvec, out=rows["eps"])
                 if b is None:
                     scale = a.unsqueeze(-1) if stacked else a
                     factors = {k: LowRankWeightTangent(scale, delta, acts[k].detach())
                                for k, delta in zip(factorable, grads[len(leaves):])}
             else:       # a general rule (e.g. one that depends on x elementwise): ε as a plain direction
-                eps = rows["eps"].copy_(rule(g, eigvec, x=x))
+                eps = rows["eps"].copy_(rule(g, eigvec, x=x, generator=generator))
             if order == 0:
                 rows["v"].copy_(g)
                 return

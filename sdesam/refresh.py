@@ -1,6 +1,6 @@
 """When Eigen-SAM re-estimates its top-eigenvector estimate v̂ (paper Algorithm 2).
 
-One schedule, shared by the simulation core's discrete ``sdesam.integrators.EigenSAM``
+One schedule, shared by the simulation core's discrete ``sdesam.discrete.DiscreteEigenSAM``
 and the training optimizer ``sdesam.optim.EigenSAM``, so that the two switches
 (``p_counting``, ``first_refresh``) mean the same thing in both.
 

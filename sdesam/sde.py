@@ -1,4 +1,4 @@
-"""The SGD SDE and the second- and third-order SAM SDEs (DESIGN §3.2).
+"""The SGD SDE, the second- and third-order SAM SDEs and their relatives (docs/math.md §4).
 
     dX = b(X) dt + √η Σ(X)^{1/2} dW,    time t = kη.
 
@@ -8,13 +8,19 @@
 | SAM-SDE2 | −E v¹     | Σ¹¹ + ρ(Σ¹² + Σ¹²ᵀ)                             (paper Eq. 3)  |
 | SAM-SDE3 | −E v²     | Σ¹¹ + ρ(Σ¹² + Σ¹²ᵀ) + ρ²(Σ²² + ½(Σ¹³ + Σ¹³ᵀ))    (paper Eq. 4)  |
 
+For any perturbation rule ε_γ (``sdesam.rules``) and update map Φ (``sdesam.updates``) the
+per-minibatch vectors are w_γ = Φ(g_γ, v^order_γ) (mean over m micro-batches for m-SAM),
+the drift −E w_γ and the diffusion Cov w_γ; SAM's own are w_γ = v^order_γ.
+``UntruncatedSAMSDE`` uses the perturbed gradient itself, w_γ = Φ(g_γ, ∇f_γ(x + ρε_γ)):
+the limit of SAM-SVAG, of which SAM-SDE3 is the O(ρ³) truncation.
+
 Expectations over minibatches: exact when ``n_batches="exact"`` (all C(n, B)
 minibatches, for toy problems), else Monte Carlo over K i.i.d. minibatches drawn
 fresh at every Euler sub-step.
 
 Diffusion (``diffusion="taylor"``, the default): the sample covariance of the
-per-minibatch Taylor vectors v^order, represented by G = [v_1 − v̄, …, v_K − v̄]/√(K−1)
-(d × K; 1/√N with exact enumeration) so that G Gᵀ = Cov(v) and √η G ΔW samples the
+per-minibatch vectors w_γ, represented by G = [w_1 − w̄, …, w_K − w̄]/√(K−1)
+(d × K; 1/√N with exact enumeration) so that G Gᵀ = Cov(w) and √η G ΔW samples the
 noise at cost O(dK) — no d × d matrix is ever formed. Cov(v^order) equals the table's
 Σ up to ρ³ (SDE2: ρ²Σ²²) or ρ³ (SDE3: ρ³/2 (Σ²³ + Σ²³ᵀ) + ρ⁴/4 Σ³³) terms, below
 each model's own error, and is positive semi-definite by construction.
@@ -22,54 +28,68 @@ each model's own error, and is positive semi-definite by construction.
 sample blocks, projected to PSD inside the span of the samples; the fraction of
 negative eigenvalue mass dropped is kept in ``last_dropped_mass``.
 
-Drift-noise correction: the drift estimate v̄ from K samples carries Δt²Σ/K of extra
+Drift-noise correction: the drift estimate w̄ from K samples carries Δt²Σ/K of extra
 variance per sub-step. ``correct_drift_noise=True`` (default, Monte Carlo only)
 scales the diffusion by c = √(1 − Δt/(ηK)) so that the total per-sub-step covariance
 is exactly η Δt Σ.
 
-The SDE classes implement torchsde's interface (``noise_type="general"``,
-``sde_type="ito"``, ``f``, ``g``, ``f_and_g_prod``) so ``torchsde.sdeint(sde, y0, ts,
-dt=sde.dt, method="euler")`` integrates them; they are also ``Dynamics`` with a
-fixed-step Euler–Maruyama loop of their own (``solver="euler"``, the default,
-measured faster because it skips torchsde's interval bookkeeping). The minibatches of
-sub-step i are keyed by (seed, i) with i = round(t/Δt), so ``f``, ``g`` and
-``f_and_g_prod`` at the same time see the same minibatches, whoever calls them.
+Solver: Euler–Maruyama with m sub-steps Δt = η/m (weak order 1, strong order 1/2).
+The own fixed-step loop (``solver="euler"``, default) draws the Brownian increments of
+a step from its dyadic Brownian tree (``sdesam._streams.brownian_increments``): runs with
+m = 1, 2, 4, … follow the same Brownian path, so their differences are discretisation
+error. ``antithetic=True`` pairs trajectories 2i, 2i + 1: the same minibatches, opposite
+increments (an unbiased variance reduction). The SDE classes also implement torchsde's
+interface (``noise_type="general"``, ``sde_type="ito"``, ``f``, ``g``, ``f_and_g_prod``)
+so ``torchsde.sdeint(sde, y0, ts, dt=sde.dt, method="euler")`` integrates them
+(``solver="torchsde"``). The minibatches of sub-step i = round(t/Δt) = k·m + j are keyed
+(seed, batch stream, k[, j]), so ``f``, ``g`` and ``f_and_g_prod`` at the same time see
+the same minibatches, whoever calls them.
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_int, check_nonnegative
+from ._streams import STREAM_NOISE, STREAM_RULE, brownian_increments, derived_seed, draw_batches, \
+    seeded_generator, substep_key
+from .discrete import check_micro_batches
 from .dynamics import Dynamics, RunState
-from .eigenpairs import (MAX_DENSE_DIM, EigenSolverMixin, check_hessian_subset, minibatch_top_eigenpairs,
-                         top_eigenvector)
-from .integrators import STREAM_EIGEN, STREAM_NOISE, draw_batches
-from .oracles import check_order
-from .perturbations import Direction, EigenSAM, get_rule
-from .problem import Problem, derived_seed, seeded_generator
+from .eigenpairs import MAX_DENSE_DIM, EigenSolverMixin
+from .oracles import TaylorVectors, check_order
+from .problem import Problem
+from .rules import DirectionRule, EigenSAMRule, get_rule
+from .updates import get_update, method_name
 
-__all__ = ["SAMFamilySDE", "SGDSDE", "SAMSDE2", "SAMSDE3", "AlignedSDE", "AlignedSDE5", "AlignedSDE6",
-           "EigenSAMSDE"]
+__all__ = ["SAMFamilySDE", "SGDSDE", "SAMSDE2", "SAMSDE3", "UntruncatedSAMSDE", "AlignedSDE", "AlignedSDE5",
+           "AlignedSDE6", "EigenSAMSDE", "SOLVERS", "DIFFUSIONS"]
+
+SOLVERS = ("euler", "torchsde")
+DIFFUSIONS = ("taylor", "paper")
 
 
 class SAMFamilySDE(Dynamics):
-    """dX = −E[v^order] dt + √η Cov(v^order)^{1/2} dW for a perturbation rule.
+    """dX = −E[w_γ] dt + √η Cov(w_γ)^{1/2} dW with w_γ = Φ(g_γ, v^order_γ).
 
     Args:
         problem: the ``Problem``.
         eta: learning rate η (sets the noise scale √η and the time of one step).
-        rho: SAM radius ρ ≥ 0 (ignored for order 0).
+        rho: SAM radius ρ ≥ 0 (not taken by order 0).
         order: 0 (SGD-SDE), 1 (SAM-SDE2), 2 (SAM-SDE3).
         rule: perturbation rule (default SAM's g/‖g‖).
+        update: update map Φ (default: the perturbed gradient, w = v^order).
+        micro_batches: m-SAM's micro-batches per minibatch (m divides B; default 1).
         n_batches: K ≥ 2 Monte Carlo minibatches per sub-step, or ``"exact"`` to
             enumerate all minibatches (toy problems).
         substeps: m ≥ 1 Euler sub-steps per η (Δt = η/m). Default 1.
         correct_drift_noise: apply c = √(1 − Δt/(ηK)) (Monte Carlo only).
-        diffusion: ``"taylor"`` (Cov of v, PSD, default) or ``"paper"`` (exact table
-            formula projected to PSD).
+        diffusion: ``"taylor"`` (Cov of w, PSD, default) or ``"paper"`` (the table's
+            formula projected to PSD; SAM's update map and m = 1 only).
+        antithetic: pair trajectories 2i, 2i + 1 with opposite Brownian increments and the
+            same minibatches (own Euler loop; an even number of trajectories).
         solver: ``"euler"`` (own loop) or ``"torchsde"`` (``torchsde.sdeint``, method
             "euler", Brownian increments from a ``BrownianInterval``).
         seed: seed for direct torchsde use (``Dynamics`` runs set it per run).
@@ -77,24 +97,32 @@ class SAMFamilySDE(Dynamics):
 
     noise_type = "general"
     sde_type = "ito"
+    #: the Euler–Maruyama solver's orders of convergence in Δt
+    weak_order = 1.0
+    strong_order = 0.5
     #: subclasses that compute the eigenvector a rule needs (``EigenSAMSDE``) set this
     supplies_eigenvector = False
     #: whether the drift needs the components h, t of the Taylor vectors (``AlignedSDE``)
     taylor_components = False
 
-    def __init__(self, problem: Problem, eta: float, rho: float = 0.0, order: int = 2, *,
-                 rule="sam", n_batches: int | str = 8, substeps: int = 1,
-                 correct_drift_noise: bool = True, diffusion: str = "taylor",
+    def __init__(self, problem: Problem, eta: float, rho: float = 0.0, order: int | str = 2, *,
+                 rule="sam", update=None, micro_batches: int = 1, n_batches: int | str = 8, substeps: int = 1,
+                 correct_drift_noise: bool = True, diffusion: str = "taylor", antithetic: bool = False,
                  solver: str = "euler", seed: int = 0):
         super().__init__(problem, eta)
         self.rho = check_nonnegative("rho", rho)
-        self.order = check_order(order)
+        self.order = order if order == "exact" else check_order(order)
         self.rule = get_rule(rule)
+        self.update = get_update(update)
+        self.micro_batches = check_micro_batches(problem, micro_batches)
+        self._micro = problem.with_batch_size(problem.batch_size // self.micro_batches) \
+            if self.micro_batches > 1 else problem
         if self.rule.needs_eigenvector and not self.supplies_eigenvector:
-            raise ValueError(f"the SDEs support rules without an eigenvector estimate, got {self.rule!r}")
+            raise ValueError(f"the SDEs support rules without an eigenvector estimate, got {self.rule!r}; "
+                             "use eigen_sam_sde")
         if n_batches == "exact":
             self.exact = True
-            self._all_batches = problem.enumerate_batches()
+            self._all_batches = problem.enumerate_batches(ordered=self.micro_batches > 1)
             self.n_batches = self._all_batches.shape[0]
         else:
             self.exact = False
@@ -102,13 +130,28 @@ class SAMFamilySDE(Dynamics):
         self.substeps = check_int("substeps", substeps, 1)
         self.dt = self.eta / self.substeps
         self.correct_drift_noise = bool(correct_drift_noise)
-        self.diffusion = check_choice("diffusion", diffusion, {"taylor", "paper"})
-        self.solver = check_choice("solver", solver, {"euler", "torchsde"})
+        self.diffusion = check_choice("diffusion", diffusion, DIFFUSIONS)
+        if self.diffusion == "paper" and (self.order == "exact" or not self.update.is_identity
+                                          or self.micro_batches > 1):
+            raise ValueError("diffusion='paper' is the table formula of the SAM SDEs (Taylor orders 0-2, the "
+                             "perturbed gradient as update, one micro-batch); use diffusion='taylor'")
+        self.solver = check_choice("solver", solver, SOLVERS)
+        self.antithetic = bool(antithetic)
+        if self.antithetic and self.solver == "torchsde":
+            raise ValueError("antithetic=True needs the own Euler loop (solver='euler'): torchsde draws "
+                             "its own Brownian motion")
         self.seed = int(seed)
         self.last_dropped_mass = None
         self._cache = None
 
     # -- description ----------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        if self.order == 0:
+            return "sgd_sde"
+        base = method_name(self.rule.name, self.update, self.micro_batches)
+        return f"{base}_sde" if self.order == "exact" else f"{base}_sde{self.order + 1}"
+
     @property
     def noise_correction(self) -> float:
         """c = √(1 − Δt/(ηK)) when the correction applies, else 1."""
@@ -118,15 +161,26 @@ class SAMFamilySDE(Dynamics):
 
     @property
     def brownian_size(self) -> int:
-        """Number of Brownian channels: K (or N), or 3K / 2K for the paper diffusion."""
+        """Number of Brownian channels: K (or N), or (order+1)K for the paper diffusion."""
         return self.n_batches * (self.order + 1 if self.diffusion == "paper" else 1)
 
     def config(self):
-        return {**super().config(), "rho": self.rho, "order": self.order, **self.rule.config(),
-                "n_batches": "exact" if self.exact else self.n_batches,
+        out = {**super().config(), "order": self.order}
+        if self.order != 0:
+            out.update({"rho": self.rho, **self.rule.config(), **self.update.config(),
+                        "micro_batches": self.micro_batches})
+        return {**out, "n_batches": "exact" if self.exact else self.n_batches,
                 "n_batches_value": self.n_batches, "substeps": self.substeps, "dt": self.dt,
                 "correct_drift_noise": self.correct_drift_noise, "noise_correction": self.noise_correction,
-                "diffusion": self.diffusion, "solver": self.solver}
+                "diffusion": self.diffusion, "antithetic": self.antithetic, "solver": self.solver}
+
+    def init_state(self, x0=None, seed=0):
+        state = super().init_state(x0, seed)
+        if self.antithetic and state.x.shape[0] % 2:
+            raise ValueError(f"{self.name}: antithetic=True pairs trajectories, got an odd number "
+                             f"M={state.x.shape[0]}")
+        self.seed = state.seed
+        return state
 
     # -- drift and diffusion --------------------------------------------------------
     def substep_index(self, t) -> int:
@@ -135,7 +189,15 @@ class SAMFamilySDE(Dynamics):
     def _batches(self, M: int, index: int) -> Tensor:
         if self.exact:
             return self._all_batches                     # (N, B), shared by all trajectories
-        return draw_batches(self.problem, self.seed, index, M, self.n_batches)   # (M, K, B)
+        step, j = divmod(index, self.substeps)
+        return draw_batches(self.problem, self.seed, step, M, self.n_batches, substep=j,
+                            pairs=2 if self.antithetic else 1)      # (M, K, B)
+
+    def _rule_generator(self, index: int):
+        if not self.rule.needs_generator:
+            return None
+        step, j = divmod(index, self.substeps)
+        return seeded_generator(*substep_key(self.seed, STREAM_RULE, step, j), device=self.problem.device)
 
     def drift_and_factor(self, t, y: Tensor) -> tuple[Tensor, Tensor]:
         """(b, F) at time t for states y (M, d): drift b (M, d) and the diffusion factor
@@ -145,30 +207,50 @@ class SAMFamilySDE(Dynamics):
             return self._cache[2], self._cache[3]
         M = y.shape[0]
         batches = self._batches(M, index)
-        tv = self._taylor(y[:, None, :], batches, index)
-        K = tv.v.shape[1]
+        x = y[:, None, :]
+        tv = self._taylor(x, batches, index)
+        K = tv.g.shape[1]
         denom = K if self.exact else K - 1               # population vs. unbiased covariance
         scale = math.sqrt(self.eta) * self.noise_correction
-        vbar = tv.v.mean(1)
+        w = self._noise_vectors(tv, x, batches, index)
+        wbar = w.mean(1)
         if self.diffusion == "taylor":
-            factor = (tv.v - vbar[:, None]).transpose(1, 2) * (scale / math.sqrt(denom))
+            factor = (w - wbar[:, None]).transpose(1, 2) * (scale / math.sqrt(denom))
         else:
             factor = self._paper_factor(tv, denom) * scale
-        w = self._drift_vectors(tv, y[:, None, :], batches, index)
-        drift = -(vbar if w is tv.v else w.mean(1))
+        drift_w = self._drift_vectors(tv, w, x, batches, index)
+        drift = -(wbar if drift_w is w else drift_w.mean(1))
         self._cache = (index, y.clone(), drift, factor)
         return drift, factor
 
-    def _taylor(self, x: Tensor, batches: Tensor, index: int):
-        """Per-minibatch Taylor vectors at x (M, 1, d) for ``batches`` (hook: a subclass
-        may supply the rule's eigenvector)."""
-        return self.problem.taylor(x, batches, self.rule, self.rho, self.order,
-                                   components=self.taylor_components or self.diffusion == "paper")
+    def _taylor(self, x: Tensor, batches: Tensor, index: int, eigvec: Tensor | None = None):
+        """Per-minibatch oracles at x (M, 1, d) for ``batches`` (M, K, B) or (N, B): the Taylor
+        vectors of the order (or, ``order="exact"``, the perturbed gradient in ``v``); with
+        micro-batches, per micro-batch (leading shape (M, K, m))."""
+        problem, gen = self.problem, self._rule_generator(index)
+        if self.micro_batches > 1:
+            m = self.micro_batches
+            batches = batches.reshape(*batches.shape[:-1], m, batches.shape[-1] // m)
+            x = x.unsqueeze(-2)
+            problem = self._micro
+        if self.order == "exact":
+            g = problem.gradient(x, batches)
+            eps = self.rule(g, eigvec, x=x, generator=gen)
+            p = problem.gradient(x + self.rho * eps, batches)
+            return TaylorVectors(v=p, g=g, eps=eps, order=3, rho=self.rho)
+        return problem.taylor(x, batches, self.rule, self.rho, self.order, eigvec=eigvec,
+                              components=self.taylor_components or self.diffusion == "paper", generator=gen)
 
-    def _drift_vectors(self, tv, x: Tensor, batches: Tensor, index: int) -> Tensor:
-        """Per-minibatch vectors w_γ (M, K, d) whose mean is minus the drift (hook; the
-        SAM family's is v^order itself, which the diffusion's covariance is also made of)."""
-        return tv.v
+    def _noise_vectors(self, tv, x: Tensor, batches: Tensor, index: int) -> Tensor:
+        """Per-minibatch vectors w_γ (M, K, d) whose covariance is the diffusion's:
+        Φ(g_γ, v_γ), averaged over micro-batches."""
+        w = tv.v if self.update.is_identity else self.update(tv.g, tv.v)
+        return w.mean(-2) if self.micro_batches > 1 else w
+
+    def _drift_vectors(self, tv, w: Tensor, x: Tensor, batches: Tensor, index: int) -> Tensor:
+        """Per-minibatch vectors (M, K, d) whose mean is minus the drift (hook; the SAM
+        family's is w itself)."""
+        return w
 
     def _paper_factor(self, tv, denom: int) -> Tensor:
         """A factor F (M, d, (order+1)K) with F Fᵀ = PSD part of the table's Σ̂."""
@@ -211,18 +293,6 @@ class SAMFamilySDE(Dynamics):
         return drift, torch.einsum("mdk,mk->md", factor, v)
 
     # -- Dynamics -------------------------------------------------------------------
-    def init_state(self, x0=None, seed=0):
-        state = super().init_state(x0, seed)
-        self.seed = state.seed
-        return state
-
-    def brownian_increment(self, state: RunState, index: int) -> Tensor:
-        """ΔW ~ N(0, Δt I) for sub-step ``index``, keyed by (seed, noise stream, index)."""
-        gen = seeded_generator(state.seed, STREAM_NOISE, index, device=self.problem.device)
-        M = state.x.shape[0]
-        return torch.randn(M, self.brownian_size, generator=gen, dtype=state.x.dtype,
-                           device=self.problem.device) * math.sqrt(self.dt)
-
     def euler_substep(self, state: RunState, index: int, dW: Tensor) -> None:
         """X ← X + b Δt + F ΔW at sub-step ``index`` (time index·Δt)."""
         drift, gprod = self.f_and_g_prod(index * self.dt, state.x, dW)
@@ -233,9 +303,11 @@ class SAMFamilySDE(Dynamics):
         if self.solver == "torchsde":
             state.x = self._torchsde_step(state)
             return
+        incs = brownian_increments(state.seed, state.step, self.substeps, (state.x.shape[0], self.brownian_size),
+                                   self.dt, dtype=state.x.dtype, device=self.problem.device,
+                                   antithetic=self.antithetic)
         for j in range(self.substeps):
-            index = state.step * self.substeps + j
-            self.euler_substep(state, index, self.brownian_increment(state, index))
+            self.euler_substep(state, state.step * self.substeps + j, incs[j])
 
     def _torchsde_step(self, state: RunState) -> Tensor:
         import torchsde
@@ -251,34 +323,44 @@ class SAMFamilySDE(Dynamics):
 
 
 class SGDSDE(SAMFamilySDE):
-    """SGD SDE (Li et al. 2017): drift −∇f, diffusion Σ¹¹."""
+    """SGD SDE (Li et al. 2017): drift −∇f, diffusion Σ¹¹ (no ρ, no rule)."""
 
-    name = "sgd_sde"
-
-    def __init__(self, problem, eta, rho: float = 0.0, **kwargs):
-        super().__init__(problem, eta, rho, order=0, **kwargs)
+    def __init__(self, problem, eta, **kwargs):
+        for key in ("rho", "rule", "update", "micro_batches"):
+            if key in kwargs:
+                raise ValueError(f"sgd_sde models SGD: it takes no {key}")
+        super().__init__(problem, eta, 0.0, order=0, **kwargs)
 
 
 class SAMSDE2(SAMFamilySDE):
-    """Second-order SAM SDE (Compagnoni et al. 2023, paper Eq. 3)."""
-
-    name = "sam_sde2"
+    """Second-order SAM SDE (Compagnoni et al. 2023, paper Eq. 3); any rule / update map."""
 
     def __init__(self, problem, eta, rho, **kwargs):
         super().__init__(problem, eta, rho, order=1, **kwargs)
 
 
 class SAMSDE3(SAMFamilySDE):
-    """Third-order SAM SDE (Luo et al., paper Eq. 4)."""
-
-    name = "sam_sde3"
+    """Third-order SAM SDE (Luo et al., paper Eq. 4); any rule / update map."""
 
     def __init__(self, problem, eta, rho, **kwargs):
         super().__init__(problem, eta, rho, order=2, **kwargs)
 
 
+class UntruncatedSAMSDE(SAMFamilySDE):
+    """The untruncated SAM SDE: drift −E Φ(g_γ, ∇f_γ(X + ρε_γ)), diffusion Cov of the same.
+
+    SAM-SVAG's l → ∞ limit (``discrete.SAMSVAG``, docs/math.md §7); SAM-SDE3 is its
+    O(ρ³) truncation. Exact expectations on enumerable toys (``n_batches="exact"``), else
+    Monte Carlo over K minibatches per sub-step; the perturbed gradients cost two
+    gradients per minibatch.
+    """
+
+    def __init__(self, problem, eta, rho, **kwargs):
+        super().__init__(problem, eta, rho, order="exact", **kwargs)
+
+
 # ------------------------------------------------------------------------------------
-# Corollary 4.1.1's aligned-limit SDEs (paper Eq. 5–6) and an Eigen-SAM SDE (DESIGN §3.3b)
+# Corollary 4.1.1's aligned-limit SDEs (paper Eq. 5–6) and an Eigen-SAM SDE (docs/math.md §5)
 # ------------------------------------------------------------------------------------
 class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
     """The aligned-limit SDEs of Corollary 4.1.1 (paper Eq. 5 and Eq. 6).
@@ -294,7 +376,7 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
     representation (``diffusion="taylor"``: Cov of SAM's Taylor vectors v²; ``"paper"``:
     the table formula): only the drift changes. When every u_γ = ±v₁ both drifts equal
     SAM-SDE3's. H_γu_γ and ∇³f_γ[v₁, v₁] come from the problem's Taylor oracles (SAM's
-    with ``components=True``, and ``perturbations.Direction`` with ε = v₁).
+    with ``components=True``, and ``rules.DirectionRule`` with ε = v₁).
 
     v₁ per minibatch and sub-step: ``sdesam.eigenpairs.minibatch_top_eigenpairs``
     (dense float64 ``eigh`` when d ≤ ``max_dense_dim``, else Lanczos warm-started from
@@ -314,53 +396,52 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
         other keyword arguments: as ``SAMFamilySDE`` (the rule is SAM's, the order 2).
     """
 
-    name = "aligned_sde"
     taylor_components = True
 
     def __init__(self, problem: Problem, eta: float, rho: float, *, form: str = "eq5", eig_method: str = "auto",
-                 eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int | None = None,
+                 eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int = MAX_DENSE_DIM,
                  gap_rtol: float = 1e-3, **kwargs):
+        for key in ("rule", "update", "micro_batches"):
+            if key in kwargs:
+                raise ValueError(f"the aligned SDEs are SAM's (Corollary 4.1.1): they take no {key}")
         super().__init__(problem, eta, rho, order=2, rule="sam", **kwargs)
         self.form = check_choice("form", form, {"eq5", "eq6"})
-        self._init_eigensolver(eig_method, eig_tol, eig_max_iters,
-                               MAX_DENSE_DIM if max_dense_dim is None else max_dense_dim)
+        self._init_eigensolver(eig_method, eig_tol, eig_max_iters, max_dense_dim, eigvec_source="minibatch")
         self.gap_rtol = check_nonnegative("gap_rtol", gap_rtol)
         self.eigen_history: list[dict] = []
         self._warned = False
 
+    @property
+    def name(self) -> str:
+        return "aligned_sde5" if self.form == "eq5" else "aligned_sde6"
+
     def config(self):
         return {**super().config(), "form": self.form, **self._eig_config(), "gap_rtol": self.gap_rtol}
 
-    def _drift_vectors(self, tv, x, batches, index):
+    def _drift_vectors(self, tv, w, x, batches, index):
         S = tv.g.shape[:-1]
-        gen = seeded_generator(self.seed, STREAM_EIGEN, index, device=self.problem.device)
-        eig = minibatch_top_eigenpairs(self.problem, x, batches, method=self.eig_method, tol=self.eig_tol,
-                                       max_iters=self.eig_max_iters, v0=self._warm_start(tv.g.shape),
-                                       max_dense_dim=self.max_dense_dim, generator=gen)
+        eig = self.top_eigenvector(x[:, 0], x, batches, self.seed, index)
         v1 = eig.vector.expand(*S, self.problem.dim)
-        if self.eig_method == "lanczos":
-            self._warm = v1.clone()
-        tv1 = self.problem.taylor(x, batches, Direction(), self.rho, 2, eigvec=v1, components=True)
+        tv1 = self.problem.taylor(x, batches, DirectionRule(), self.rho, 2, eigvec=v1, components=True)
         self._record(index, eig, tv1.h, v1)
         if self.form == "eq5":
-            w = tv.g + self.rho * tv.h
+            drift = tv.g + self.rho * tv.h
         else:
             s = torch.einsum("...d,...d->...", tv.g, v1).sign()
-            w = tv.g + (self.rho * s * eig.value)[..., None] * v1
-        return w.add_(tv1.t, alpha=0.5 * self.rho * self.rho)
+            drift = tv.g + (self.rho * s * eig.value)[..., None] * v1
+        return drift.add_(tv1.t, alpha=0.5 * self.rho * self.rho)
 
     def _record(self, index: int, eig, hv: Tensor, v1: Tensor) -> None:
+        tiny = torch.finfo(eig.scale.dtype).tiny
         residual = torch.linalg.vector_norm(hv - eig.value[..., None] * v1, dim=-1)
-        rel_gap = eig.gap / eig.scale.clamp_min(torch.finfo(eig.scale.dtype).tiny)
+        rel_gap = eig.gap / eig.scale.clamp_min(tiny)
         row = {"substep": index, "step": index // self.substeps, "gap_min": float(eig.gap.min()),
                "relative_gap_min": float(rel_gap.min()), "residual_max": float(residual.max()),
-               "relative_residual_max": float((residual / eig.scale.clamp_min(
-                   torch.finfo(eig.scale.dtype).tiny)).max()),
+               "relative_residual_max": float((residual / eig.scale.clamp_min(tiny)).max()),
                "lambda1_mean": float(eig.value.mean()), "eig_hvps": eig.num_hvps}
         self.eigen_history.append(row)
         if not self._warned and row["relative_gap_min"] < max(self.gap_rtol, row["relative_residual_max"]):
             self._warned = True
-            import warnings
             warnings.warn(f"{self.name}: at sub-step {index} (step {row['step']}) a minibatch Hessian has "
                           f"relative eigen-gap (λ₁ − λ₂)/‖H‖ = {row['relative_gap_min']:.3g}, below gap_rtol="
                           f"{self.gap_rtol} or the relative residual {row['relative_residual_max']:.3g} of v₁: "
@@ -371,8 +452,6 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
 class AlignedSDE5(AlignedSDE):
     """Corollary 4.1.1, paper Eq. 5: drift −[∇f + ρE H_γu_γ + (ρ²/2)E∇λ₁(H_γ)], Σ^SAM."""
 
-    name = "aligned_sde5"
-
     def __init__(self, problem, eta, rho, **kwargs):
         super().__init__(problem, eta, rho, form="eq5", **kwargs)
 
@@ -380,14 +459,12 @@ class AlignedSDE5(AlignedSDE):
 class AlignedSDE6(AlignedSDE):
     """Corollary 4.1.1, paper Eq. 6: drift −[∇f + ρE s*λ₁v₁ + (ρ²/2)E∇λ₁(H_γ)], Σ^SAM."""
 
-    name = "aligned_sde6"
-
     def __init__(self, problem, eta, rho, **kwargs):
         super().__init__(problem, eta, rho, form="eq6", **kwargs)
 
 
 class EigenSAMSDE(EigenSolverMixin, SAMFamilySDE):
-    """The third-order SDE of Eigen-SAM's update (not in the paper; docs/eigen_sam_sde.md).
+    """The third-order SDE of Eigen-SAM's update (not in the paper; docs/math.md §5).
 
     Derived as Eq. 4 with Eigen-SAM's perturbation (Eq. 7–8)
     ε_γ = u_γ + α·sign⟨g_γ, v⟩·v⊥ (v⊥ = v − ⟨v, u_γ⟩u_γ, not renormalised):
@@ -398,7 +475,7 @@ class EigenSAMSDE(EigenSolverMixin, SAMFamilySDE):
     (``eigvec_source="full"``, default; exact by enumerating the minibatches of a toy,
     or the Hessian over ``hessian_subset`` training examples of a ``ModuleProblem``,
     all of them when None) or of each minibatch Hessian H_γ (``"minibatch"``). It models
-    ``integrators.IdealEigenSAM`` (Eq. 1 with that ε_γ every step). α = 0 is SAM-SDE3.
+    ``discrete.IdealEigenSAM`` (Eq. 1 with that ε_γ every step). α = 0 is SAM-SDE3.
 
     Args:
         alpha: α ≥ 0 (paper 0.2).
@@ -409,32 +486,28 @@ class EigenSAMSDE(EigenSolverMixin, SAMFamilySDE):
         other keyword arguments: as ``SAMFamilySDE`` (order 2).
     """
 
-    name = "eigen_sam_sde"
     supplies_eigenvector = True
 
     def __init__(self, problem: Problem, eta: float, rho: float, alpha: float = 0.2, *,
                  eigvec_source: str = "full", hessian_subset: Tensor | None = None, eig_method: str = "auto",
-                 eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int | None = None, **kwargs):
-        if "rule" in kwargs:
-            raise ValueError("EigenSAMSDE sets its own rule (Eigen-SAM with alpha); got rule="
-                             f"{kwargs['rule']!r}")
-        super().__init__(problem, eta, rho, order=2, rule=EigenSAM(alpha), **kwargs)
-        self.eigvec_source = check_choice("eigvec_source", eigvec_source, {"full", "minibatch"})
-        self.hessian_subset = check_hessian_subset(problem, hessian_subset) if eigvec_source == "full" else None
-        self._init_eigensolver(eig_method, eig_tol, eig_max_iters,
-                               MAX_DENSE_DIM if max_dense_dim is None else max_dense_dim)
+                 eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int = MAX_DENSE_DIM, **kwargs):
+        for key in ("rule", "update", "micro_batches"):
+            if key in kwargs:
+                raise ValueError(f"eigen_sam_sde sets its own rule (Eigen-SAM with alpha): it takes no {key}")
+        super().__init__(problem, eta, rho, order=2, rule=EigenSAMRule(alpha), **kwargs)
+        self._init_eigensolver(eig_method, eig_tol, eig_max_iters, max_dense_dim,
+                               eigvec_source=eigvec_source, hessian_subset=hessian_subset)
         self.last_eigenpairs = None
 
-    def config(self):
-        sub = None if self.hessian_subset is None else int(self.hessian_subset.numel())
-        return {**super().config(), "eigvec_source": self.eigvec_source, "hessian_subset_size": sub,
-                **self._eig_config()}
+    @property
+    def name(self) -> str:
+        return "eigen_sam_sde"
 
-    def _taylor(self, x, batches, index):
-        eig = top_eigenvector(self, x[:, 0], x, batches, index, self.seed)
+    def config(self):
+        return {**super().config(), **self._eig_config()}
+
+    def _taylor(self, x, batches, index, eigvec=None):
+        eig = self.top_eigenvector(x[:, 0], x, batches, self.seed, index)
         self.last_eigenpairs = eig
         v = eig.vector[:, None, :] if self.eigvec_source == "full" else eig.vector
-        if self.eig_method == "lanczos":
-            self._warm = eig.vector.clone()
-        return self.problem.taylor(x, batches, self.rule, self.rho, self.order, eigvec=v,
-                                   components=self.diffusion == "paper")
+        return super()._taylor(x, batches, index, eigvec=v)

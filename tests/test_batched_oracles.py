@@ -3,13 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from sdesam.perturbations import EigenSAM, get_rule
+from sdesam.rules import EigenSAMRule, get_rule
 from sdesam.problem import ModuleProblem
 
 from .problems import DTYPE
 
 TOL = 1e-12
-RULES = ["sam", "usam", "reverse_sam", EigenSAM(0.3), EigenSAM(0.2, renormalize=True)]
+RULES = ["sam", "usam", "reverse_sam", EigenSAMRule(0.3), EigenSAMRule(0.2, renormalize=True)]
 
 
 def _problem(model, loss, X, Y, B, **kw):
@@ -120,7 +120,7 @@ def test_taylor_batched_equals_loop_when_m_or_k_is_one(M, K):
     assert_same(a, looped.taylor(x[0, 0], batches[0, 0], "sam", 0.2), ["v", "g", "eps"])
 
 
-@pytest.mark.parametrize("rule", ["sam", "usam", EigenSAM(0.3)], ids=str)
+@pytest.mark.parametrize("rule", ["sam", "usam", EigenSAMRule(0.3)], ids=str)
 @pytest.mark.parametrize("components", [False, True])
 def test_factored_weight_tangent_batched_equals_loop(rule, components):
     batched, looped = mlp_pair(wide=True)
@@ -184,13 +184,13 @@ class _PointRule:
     needs_eigenvector = False
     needs_point = True
 
-    def __call__(self, g, eigvec=None, out=None, x=None):
+    def __call__(self, g, eigvec=None, out=None, x=None, generator=None):
         e = x.abs() * g
         return e / e.norm(dim=-1, keepdim=True)
 
 
 def test_a_rule_without_coefficients_gets_x_and_matches_the_loop():
-    from sdesam.perturbations import PerturbationRule
+    from sdesam.rules import PerturbationRule
     rule = type("PointRule", (_PointRule, PerturbationRule), {})()
     batched, looped = mlp_pair(wide=True)
     x, batches, _ = _inputs(looped, 3, 2)
@@ -223,7 +223,7 @@ def test_dynamics_of_several_trajectories_batched_equal_loop(name, kw):
     the discrete SAM step (batched gradients) and the SDE step (batched Taylor vectors;
     the "taylor" diffusion: the "paper" one takes an eigendecomposition whose eigenvector
     signs round-off may flip, which changes the path but not its law)."""
-    from sdesam.dynamics import make_dynamics
+    from sdesam.registry import make_dynamics
     batched, looped = mlp_pair()
     x0 = looped.x0 + 0.1 * torch.randn(3, looped.dim, generator=torch.Generator().manual_seed(2), dtype=DTYPE)
     ends = []

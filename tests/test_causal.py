@@ -8,8 +8,8 @@ import torch
 
 from sdesam import make_dynamics
 from sdesam.eigenpairs import full_hessian_top_eigenvector, minibatch_top_eigenpairs
-from sdesam.integrators import draw_batches
-from sdesam.perturbations import Direction
+from sdesam._streams import draw_batches
+from sdesam.rules import DirectionRule
 from sdesam.sde import AlignedSDE5, EigenSAMSDE, SAMFamilySDE
 
 from .problems import (DTYPE, LogCoshReference, aligned_problem, rank_one_problem, all_batches, dense_derivatives,
@@ -80,7 +80,7 @@ def test_grad_lambda1_is_third_derivative_along_v1(oracle):
         hess = lambda z: torch.autograd.functional.hessian(f, z)     # noqa: E731
         x = p.x0.clone()
     eig = minibatch_top_eigenpairs(p, x, idx, method="dense")
-    grad = p.taylor(x, idx, Direction(), 0.0, 2, eigvec=eig.vector, components=True).t
+    grad = p.taylor(x, idx, DirectionRule(), 0.0, 2, eigvec=eig.vector, components=True).t
     h = 1e-4
     fd = torch.stack([(_lambda1(hess(x + h * e)) - _lambda1(hess(x - h * e))) / (2 * h)
                       for e in torch.eye(p.dim, dtype=DTYPE)])
@@ -132,11 +132,11 @@ def test_rank_one_toy_differences_are_second_order():
 
 
 def test_drift_is_invariant_under_the_sign_of_v1(monkeypatch):
-    from sdesam import sde
+    from sdesam import eigenpairs
     p = logcosh_problem(n=6, d=3, batch_size=2)
     x = torch.stack([p.x0, -0.5 * p.x0])
     base = _drifts(p, x, names=("aligned_sde5", "aligned_sde6"))
-    orig = sde.minibatch_top_eigenpairs
+    orig = eigenpairs.minibatch_top_eigenpairs
     seen = {}
 
     def flipped(*a, **k):
@@ -144,7 +144,7 @@ def test_drift_is_invariant_under_the_sign_of_v1(monkeypatch):
         seen["v"] = r.vector
         r.vector = -r.vector
         return r
-    monkeypatch.setattr(sde, "minibatch_top_eigenpairs", flipped)
+    monkeypatch.setattr(eigenpairs, "minibatch_top_eigenpairs", flipped)
     flip = _drifts(p, x, names=("aligned_sde5", "aligned_sde6"))
     g = p.gradient(x[:, None, :], p.enumerate_batches())
     s = torch.einsum("mkd,mkd->mk", g, seen["v"]).sign()
@@ -304,7 +304,7 @@ def test_bad_configurations_raise():
     with pytest.raises(ValueError, match="eigenvector"):
         SAMFamilySDE(p, 0.1, 0.1, rule="eigen_sam")          # needs v̂, nobody supplies it
     with pytest.raises(ValueError, match="eigvec=None"):
-        Direction()(torch.ones(3))
+        DirectionRule()(torch.ones(3))
     with pytest.raises(ValueError, match="hessian_subset"):
         EigenSAMSDE(p, 0.1, 0.1, hessian_subset=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="eigvec_source"):

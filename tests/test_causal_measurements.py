@@ -6,9 +6,9 @@ import torch
 from figures import causal_mlp
 from sdesam import make_dynamics
 from sdesam.curvature import alignment
-from sdesam.integrators import draw_batches
+from sdesam._streams import draw_batches
 from validation import alignment_sweep
-from validation.toy import logistic_problem
+from sdesam.toys import logistic_problem
 
 from .problems import DTYPE, flat_batch_loss, tiny_mlp_problem
 

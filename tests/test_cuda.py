@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sdesam.dynamics import make_dynamics
+from sdesam.registry import make_dynamics
 
 from .problems import DTYPE, logcosh_problem, tiny_mlp_problem
 

@@ -133,7 +133,7 @@ def small_check(tmp_path_factory):
 
 
 def test_small_cpu_check_is_complete_and_passes(small_check):
-    from sdesam.dynamics import DYNAMICS
+    from sdesam.registry import DYNAMICS
     out, report = small_check
     parts = report["parts"]
     assert list(parts) == list(gpu_check.PARTS)

@@ -314,13 +314,14 @@ def test_lr_scheduler_drives_the_base_optimizer(recwarn):
     assert not [w for w in recwarn if "lr_scheduler" in str(w.message)]
 
 
-# -- the refresh schedule equals the core integrator's ---------------------------------------
+# -- the refresh schedule equals the core's discrete Eigen-SAM ---------------------------------
 @pytest.mark.parametrize("p_counting", ["global", "epoch"])
 @pytest.mark.parametrize("first_refresh", ["start", "after_p"])
-def test_trajectory_equals_core_integrator(p_counting, first_refresh):
+def test_trajectory_equals_core_discrete_eigen_sam(p_counting, first_refresh):
+    from sdesam._streams import STREAM_INIT, draw_batches, seeded_generator
     from sdesam.curvature.power import random_unit_vector
-    from sdesam.integrators import STREAM_INIT, EigenSAM as CoreEigenSAM, draw_batches
-    from sdesam.problem import ModuleProblem, seeded_generator
+    from sdesam.discrete import DiscreteEigenSAM as CoreEigenSAM
+    from sdesam.problem import ModuleProblem
 
     X, Y = make_data(12)
     problem = ModuleProblem(make_net(bn=False), "cross_entropy", X, Y, 3, dtype=DTYPE)

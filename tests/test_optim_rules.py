@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sdesam.perturbations import SAM, USAM, EigenSAM, ReverseSAM
+from sdesam.rules import SAMRule, USAMRule, EigenSAMRule, ReverseSAMRule
 
 
 def eq8(g, v, alpha, renormalize):
@@ -20,7 +20,7 @@ def test_eigen_sam_coefficients_equal_eq8(renormalize, batched_v):
     v = torch.randn(5 if batched_v else 1, 7, generator=gen, dtype=torch.float64)
     v = (v / v.norm(dim=-1, keepdim=True)).squeeze(0)
     v[..., 0] *= -1.0                                                   # mixed signs of <g, v>
-    rule = EigenSAM(alpha=0.7, renormalize=renormalize)
+    rule = EigenSAMRule(alpha=0.7, renormalize=renormalize)
     expected = eq8(g, v, 0.7, renormalize)
     assert torch.allclose(rule(g, v), expected, rtol=0, atol=1e-14)
     a, b = rule.coefficients(g, v)
@@ -30,15 +30,15 @@ def test_eigen_sam_coefficients_equal_eq8(renormalize, batched_v):
 
 def test_sam_family_coefficients():
     g = torch.tensor([[3.0, 4.0], [0.0, -2.0]], dtype=torch.float64)
-    assert torch.allclose(SAM()(g), g / g.norm(dim=-1, keepdim=True))
-    assert torch.allclose(ReverseSAM()(g), -g / g.norm(dim=-1, keepdim=True))
-    assert torch.equal(USAM()(g), g)
-    assert SAM().coefficients(g)[1] is None
+    assert torch.allclose(SAMRule()(g), g / g.norm(dim=-1, keepdim=True))
+    assert torch.allclose(ReverseSAMRule()(g), -g / g.norm(dim=-1, keepdim=True))
+    assert torch.equal(USAMRule()(g), g)
+    assert SAMRule().coefficients(g)[1] is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_zero_gradient_gives_zero_without_nan(dtype):
     g = torch.zeros(2, 4, dtype=dtype)
     v = torch.tensor([0.5, 0.5, 0.5, 0.5], dtype=dtype)
-    for rule in (SAM(), ReverseSAM(), USAM(), EigenSAM(0.2), EigenSAM(0.2, renormalize=True)):
+    for rule in (SAMRule(), ReverseSAMRule(), USAMRule(), EigenSAMRule(0.2), EigenSAMRule(0.2, renormalize=True)):
         assert torch.equal(rule(g, v), torch.zeros_like(g)), rule

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sdesam import perturbations
+from sdesam import rules
 from sdesam.problem import ModuleProblem
 
 from .problems import (DTYPE, LogCoshReference, dense_derivatives, flat_batch_loss, logcosh_data,
@@ -29,7 +29,7 @@ def test_mlp_oracles_match_dense_tensors(case):
     x = problem.x0 + 0.1
     g_ref, H, T = dense_derivatives(flat_batch_loss(problem, idx), x)
     rho = 0.3
-    for rule in [perturbations.SAM(), perturbations.USAM(), perturbations.ReverseSAM()]:
+    for rule in [rules.SAMRule(), rules.USAMRule(), rules.ReverseSAMRule()]:
         tv = problem.taylor(x, idx[None], rule, rho, order=2, components=True)
         eps = rule(g_ref)
         assert rel(tv.g[0], g_ref) < 1e-12
@@ -136,8 +136,8 @@ def test_factored_weight_tangent_of_wide_linear_layers_matches_autograd():
     idx = torch.tensor([[0, 4, 9, 11], [2, 3, 5, 7]])
     x = jet.x0 + 0.05
     v_hat = torch.randn(jet.dim, dtype=DTYPE)
-    rules = [perturbations.SAM(), perturbations.USAM(), perturbations.ReverseSAM(), perturbations.EigenSAM(0.3)]
-    for rule in rules:
+    all_rules = [rules.SAMRule(), rules.USAMRule(), rules.ReverseSAMRule(), rules.EigenSAMRule(0.3)]
+    for rule in all_rules:
         for order in (1, 2):
             for components in (False, True):
                 a = jet.taylor(x, idx, rule, 0.3, order, eigvec=v_hat, components=components)

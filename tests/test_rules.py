@@ -1,16 +1,15 @@
-"""General perturbation rules: the ASAM rule end to end (rule, discrete integrator, SDE
+"""General perturbation rules: the ASAM rule end to end (rule, discrete method, SDE
 Taylor vectors, training optimizer) and the checks on a rule's output."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from sdesam import make_dynamics, perturbations
-from sdesam.integrators import ASAM as ASAMIntegrator
-from sdesam.integrators import Perturbed, step_batches
+from sdesam import make_dynamics, rules
+from sdesam.discrete import DiscreteSAM, step_batches
 from sdesam.optim import SAM as SAMOptimizer
 from sdesam.oracles import autograd_taylor
-from sdesam.perturbations import ASAM, PerturbationRule
+from sdesam.rules import ASAMRule, PerturbationRule
 from sdesam.problem import ModuleProblem
 from sdesam.sde import SAMSDE3
 
@@ -26,21 +25,21 @@ def test_asam_by_hand():
     x = torch.tensor([1.0, -2.0, 5.0, 0.0], dtype=DTYPE)
     # ξ = 0: T = diag(1, 2, 5, 0), Tg = (3, 8, 0, 0), ‖Tg‖ = √73, T²g = (3, 16, 0, 0)
     expected = torch.tensor([3.0, 16.0, 0.0, 0.0], dtype=DTYPE) / 73 ** 0.5
-    assert torch.allclose(ASAM()(g, x=x), expected, rtol=1e-15, atol=0)
+    assert torch.allclose(ASAMRule()(g, x=x), expected, rtol=1e-15, atol=0)
     # ξ = 0.5: T = diag(1.5, 2.5, 5.5, 0.5), Tg = (4.5, 10, 0, -0.5), T²g = (6.75, 25, 0, -0.25)
     norm = (4.5 ** 2 + 10 ** 2 + 0.5 ** 2) ** 0.5
     expected = torch.tensor([6.75, 25.0, 0.0, -0.25], dtype=DTYPE) / norm
-    assert torch.allclose(ASAM(xi=0.5)(g, x=x), expected, rtol=1e-15, atol=0)
+    assert torch.allclose(ASAMRule(xi=0.5)(g, x=x), expected, rtol=1e-15, atol=0)
     # leading dimensions broadcast; Tg = 0 gives ε = 0
-    batch = ASAM()(torch.stack([g, torch.zeros(4, dtype=DTYPE)]), x=x)
-    assert torch.allclose(batch[0], ASAM()(g, x=x)) and torch.equal(batch[1], torch.zeros(4, dtype=DTYPE))
-    assert not ASAM.has_coefficients and ASAM.needs_point and perturbations.get_rule("asam").xi == 0
-    with pytest.raises(ValueError, match="ASAM.*x="):
-        ASAM()(g)
+    batch = ASAMRule()(torch.stack([g, torch.zeros(4, dtype=DTYPE)]), x=x)
+    assert torch.allclose(batch[0], ASAMRule()(g, x=x)) and torch.equal(batch[1], torch.zeros(4, dtype=DTYPE))
+    assert not ASAMRule.has_coefficients and ASAMRule.needs_point and rules.get_rule("asam").xi == 0
+    with pytest.raises(ValueError, match="ASAMRule.*x="):
+        ASAMRule()(g)
     with pytest.raises(ValueError, match="xi"):
-        ASAM(xi=-1)
+        ASAMRule(xi=-1)
     with pytest.raises(TypeError, match="no coefficient form"):
-        ASAM().coefficients(g)
+        ASAMRule().coefficients(g)
 
 
 def _model():
@@ -87,7 +86,7 @@ def test_asam_optimizer_replays_davda54_sam_adaptive():
 def test_asam_integrator_is_eq1_with_the_asam_direction():
     problem = logcosh_problem(n=6, d=3, batch_size=2)
     dyn = make_dynamics("asam", problem, eta=0.1, rho=0.3, xi=0.1)
-    assert isinstance(dyn, ASAMIntegrator) and dyn.config()["xi"] == 0.1
+    assert isinstance(dyn, DiscreteSAM) and dyn.name == "asam" and dyn.config()["xi"] == 0.1
     state = dyn.init_state(seed=4)
     x = state.x.clone()
     dyn.advance(state, 1)
@@ -99,7 +98,7 @@ def test_asam_integrator_is_eq1_with_the_asam_direction():
     expected = x - 0.1 * problem.gradient(x + 0.3 * eps, batch)
     assert torch.allclose(state.x, expected, rtol=0, atol=1e-14)
     with pytest.raises(ValueError, match="eigenvector"):
-        Perturbed(problem, 0.1, 0.3, rule="eigen_sam")
+        DiscreteSAM(problem, 0.1, 0.3, rule="eigen_sam")
 
 
 def _wide_problem(oracle):
@@ -115,7 +114,7 @@ def test_asam_taylor_vectors_match_reverse3_autograd_and_dense_tensors():
     assert jet._jet.factorable_layers(4) == [0]
     idx = torch.tensor([[0, 4, 9, 11], [2, 3, 5, 7]])
     x = jet.x0 + 0.05
-    rule = ASAM(xi=0.01)
+    rule = ASAMRule(xi=0.01)
     for order in (1, 2):
         for components in (False, True):
             a = jet.taylor(x, idx, rule, 0.3, order, components=components)
@@ -162,7 +161,7 @@ def test_asam_taylor_vectors_match_finite_differences():
 
 def test_asam_sde_runs_through_the_same_taylor_vectors():
     """SAM-SDE3 with rule="asam": the drift of one exact-expectation Euler step is −E v²
-    with ε = ASAM(x, g_γ) (x the current point, held constant)."""
+    with ε = ASAMRule(x, g_γ) (x the current point, held constant)."""
     problem = logcosh_problem(n=5, d=3, batch_size=2)
     sde = make_dynamics("sam_sde3", problem, eta=0.05, rho=0.2, rule="asam", n_batches="exact")
     assert isinstance(sde, SAMSDE3) and sde.config()["rule"] == "asam"
@@ -205,7 +204,7 @@ def test_a_broken_rule_raises_an_error_naming_it():
     with pytest.raises(ValueError, match=r"_BadCoefficients\(\) returned \(a, b\) of shape \(3,\)"):
         _BadCoefficients()(g)
     # … wherever it is used: the discrete integrator, the Taylor vectors, the optimizer
-    broken = Perturbed(problem, 0.1, 0.1, rule=_NaN())
+    broken = DiscreteSAM(problem, 0.1, 0.1, rule=_NaN())
     with pytest.raises(ValueError, match="_NaN"):
         broken.advance(broken.init_state(), 1)
     with pytest.raises(ValueError, match="_WrongShape"):
@@ -215,23 +214,4 @@ def test_a_broken_rule_raises_an_error_naming_it():
     with pytest.raises(ValueError, match="_NaN"):
         opt.step(lambda: model(torch.randn(2, 4, dtype=DTYPE)).sum())
     # a non-finite gradient is not the rule's fault: ε follows it, no error here
-    assert torch.isnan(perturbations.SAM()(torch.full((3,), float("nan")))).all()
-
-
-def test_custom_rule_example_runs(tmp_path, monkeypatch, capsys):
-    """examples/custom_rule.py: a new rule in a few lines, discrete next to its SDE3."""
-    import re
-    import runpy
-    from pathlib import Path
-    monkeypatch.chdir(tmp_path)
-    runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "custom_rule.py"), run_name="__main__")
-    out = capsys.readouterr().out
-    losses = {}
-    for name in ("perturbed", "sam_sde3"):
-        for t in ("0.0", "2.0"):
-            m = re.search(rf"sign_sam {name}\s+train loss at t = {t}: (\d\.\d{{4}}) \(mean of 4 seeds\)", out)
-            assert m, out
-            losses[name, t] = float(m.group(1))
-    assert losses["perturbed", "0.0"] == losses["sam_sde3", "0.0"]
-    assert losses["perturbed", "2.0"] < 0.5 * losses["perturbed", "0.0"]
-    assert losses["sam_sde3", "2.0"] < 0.5 * losses["sam_sde3", "0.0"]
+    assert torch.isnan(rules.SAMRule()(torch.full((3,), float("nan")))).all()

@@ -1,7 +1,7 @@
 """The simulation driver: tidy records, streaming to disk, exact resume."""
 import pytest
 
-from sdesam.dynamics import make_dynamics
+from sdesam.registry import make_dynamics
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, read_records, record_steps, run_trajectory, simulate
 
 from .problems import logcosh_problem

@@ -32,7 +32,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, capsys):
 _BLAS_SCRIPT = """
 import hashlib, json, sys
 import numpy as np
-from validation.montecarlo import BlockStats
+from sdesam.montecarlo import BlockStats
 from validation.stats import fit_power_law, weak_errors
 rng = np.random.default_rng(0)
 def stats(shift):

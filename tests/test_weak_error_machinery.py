@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from sdesam.dynamics import make_dynamics
-from validation.distributed import Comm
+from sdesam.registry import make_dynamics
+from sdesam.parallel import Comm
 from validation.experiment import check_geometric, num_steps, sweep_eta
 from validation.linear import exact_weak_errors, quadratic_moments
-from validation.montecarlo import BlockStats, ChunkPlan, chunk_seed, run_chunk, run_chunks
+from sdesam.montecarlo import BlockStats, ChunkPlan, chunk_seed, estimate, run_chunk
 from validation.stats import fit_power_law, weak_errors
-from validation.toy import make_toy_problem, quadratic_problem
+from sdesam.toys import make_toy_problem, quadratic_problem
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,28 +73,35 @@ def test_block_statistics_equal_the_raw_values():
     raw = np.stack(raw, 1)                                          # (12, 3 records, 2 tests)
     assert np.allclose(st.sums, raw.reshape(3, 4, 3, 2).sum(1), rtol=0, atol=1e-13)
     assert np.allclose(st.mean(), raw.mean(0), rtol=0, atol=1e-13)
-    assert np.allclose(st.standard_error(), raw.std(0, ddof=1) / np.sqrt(12), rtol=1e-10)
+    assert np.allclose(st.naive_standard_error(), raw.std(0, ddof=1) / np.sqrt(12), rtol=1e-10)
+    block_means = raw.reshape(3, 4, 3, 2).mean(1)
+    assert np.allclose(st.standard_error(), block_means.std(0, ddof=1) / np.sqrt(3), rtol=1e-10)
     assert st.steps == (0, 2, 5) and st.tests == ("loss", "x0")
 
 
-def test_a_chunk_does_not_depend_on_which_other_chunks_run():
+def test_a_chunk_does_not_depend_on_which_other_chunks_run(tmp_path):
     problem = make_toy_problem("logcosh")
     dyn = make_dynamics("sam_sde3", problem, eta=0.05, rho=0.3, n_batches="exact", substeps=2)
-    plan = ChunkPlan(n_chunks=3, chunk_size=8, blocks_per_chunk=2)
-    kw = dict(record_steps=[0, 1, 3], tests={"x0": lambda x: x[:, 0]})
-    all_ = run_chunks(dyn, problem.x0, (5, 6), plan, chunks=[0, 1, 2], **kw)
-    alone = run_chunks(dyn, problem.x0, (5, 6), plan, chunks=[2], **kw)
-    assert np.array_equal(all_[2].sums, alone[2].sums)
-    assert not np.array_equal(all_[0].sums, all_[1].sums)       # chunks get their own seeds
+    kw = dict(record_at=[0, 1, 3], tests={"x0": lambda x: x[:, 0]}, trajectories=24, chunk_size=8,
+              blocks_per_chunk=2, seed=(5, 6))
+    full = estimate(dyn, out=tmp_path, **kw)
+    for c in (0, 1):                                            # chunk 2 alone, the others from files
+        assert (tmp_path / "chunks" / "sam_sde3" / f"{c}.npz").exists()
+    (tmp_path / "chunks" / "sam_sde3" / "2.npz").unlink()
+    again = estimate(dyn, out=tmp_path, **kw)
+    assert np.array_equal(full.stats["sam_sde3"].sums, again.stats["sam_sde3"].sums)
+    alone = run_chunk(dyn, problem.x0, chunk_seed((5, 6), 2), chunk_size=8, blocks_per_chunk=2,
+                      record_steps=[0, 1, 3], tests=kw["tests"])
+    assert np.array_equal(full.stats["sam_sde3"].sums[4:], alone.sums)
+    sums = full.stats["sam_sde3"].sums
+    assert not np.array_equal(sums[:2], sums[2:4])              # chunks get their own seeds
 
 
 def test_chunks_are_round_robin_and_seeds_depend_only_on_key_and_chunk():
     assert Comm(1, 3).my_chunks(8) == [1, 4, 7]
     assert Comm().my_chunks(3) == [0, 1, 2]
     assert chunk_seed((0, 1, 2), 3) == chunk_seed((0, 1, 2), 3) != chunk_seed((0, 1, 2), 4)
-    assert Comm().gather_chunks({1: "b", 0: "a"}, 2) == ["a", "b"]
-    with pytest.raises(RuntimeError, match="no rank"):
-        Comm().gather_chunks({0: "a"}, 2)
+    assert Comm().gather({1: "b", 0: "a"}) == {0: "a", 1: "b"}
     with pytest.raises(ValueError, match="multiple"):
         ChunkPlan(2, 10, 3)
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from sdesam import perturbations
+from sdesam import rules
 from sdesam.sde import SAMSDE3
-from validation.toy import TOY_PROBLEMS, GLMProblem, make_toy_problem
+from sdesam.toys import TOY_PROBLEMS, GLMProblem, make_toy_problem
 
 DTYPE = torch.float64
 TOL = 1e-12
@@ -44,7 +44,7 @@ def test_closed_form_oracles_equal_autograd(name):
         assert _max_abs(problem.gradient(x, batch), ref.gradient(x, batch)) < TOL
         v = torch.randn(problem.dim, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
         assert _max_abs(problem.hvp(x, batch, v), ref.hvp(x, batch, v)) < TOL
-        for rule in (perturbations.SAM(), perturbations.USAM(), perturbations.ReverseSAM()):
+        for rule in (rules.SAMRule(), rules.USAMRule(), rules.ReverseSAMRule()):
             for order in orders:
                 want = ref.taylor(x, batch, rule, 0.4, order, components=True)
                 for comp in (False, True):

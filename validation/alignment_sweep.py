@@ -5,7 +5,7 @@ top eigenvector (docs/eigen_sam_sde.md).
     python -m validation.alignment_sweep --out DIR            # quick default (2 CPU cores)
     python -m validation.alignment_sweep --out DIR --full     # more trajectories, finer Euler
 
-The toy: ``validation.toy.logistic_problem`` (logistic regression, d = 3, n = 5, B = 3,
+The toy: ``sdesam.toys.logistic_problem`` (logistic regression, d = 3, n = 5, B = 3,
 exact minibatch enumeration) with feature scales (κ, 0.6, 0.3). κ sets the data's
 conditioning: for large κ the first coordinate dominates both the minibatch gradients
 and the minibatch Hessians, so u_γ = g_γ/‖g_γ‖ lines up with v₁(H_γ); for κ ≈ 0.6 it
@@ -41,14 +41,14 @@ import torch
 
 from sdesam.atomic import atomic_write_text
 from sdesam.curvature import alignment
-from sdesam.dynamics import make_dynamics
+from sdesam.registry import make_dynamics
 from sdesam.eigenpairs import minibatch_top_eigenpairs
-from sdesam.perturbations import Direction
+from sdesam.montecarlo import ChunkPlan, standard_tests
+from sdesam.parallel import Comm
+from sdesam.rules import DirectionRule
+from sdesam.toys import logistic_problem
 
-from .distributed import Comm
 from .experiment import Setting, _rng, _summarise, measure_setting
-from .montecarlo import ChunkPlan, standard_tests
-from .toy import logistic_problem
 
 MODELS = ("sam_sde3", "aligned_sde5", "aligned_sde6")
 LABELS = {"sam_sde3": "SAM-SDE3 (Eq. 4)", "aligned_sde5": "Eq. 5", "aligned_sde6": "Eq. 6"}
@@ -90,7 +90,7 @@ def alignment_and_gaps(problem, cfg: Config) -> dict:
         x = state.x[:, None, :]
         tv = problem.taylor(x, batches, "sam", rho, 2, components=True)
         eig = minibatch_top_eigenpairs(problem, x, batches, method="dense")
-        tv1 = problem.taylor(x, batches, Direction(), rho, 2, eigvec=eig.vector, components=True)
+        tv1 = problem.taylor(x, batches, DirectionRule(), rho, 2, eigvec=eig.vector, components=True)
         s = torch.einsum("mkd,mkd->mk", tv.g, eig.vector).sign()
         u = tv.eps
         acc["align"].append(alignment(u, eig.vector).mean(1))
@@ -112,7 +112,7 @@ def run_kappa(kappa: float, index: int, cfg: Config, progress=None) -> dict:
     kw = {"n_batches": "exact", "substeps": cfg.substeps}
     setting = Setting(cfg.eta, cfg.rho, cfg.horizon, {m: (m, kw) for m in MODELS}, label=f"kappa={kappa:g}")
     plan = ChunkPlan(cfg.n_chunks, cfg.chunk_size, cfg.blocks_per_chunk)
-    tests = standard_tests(problem.full_loss, problem.dim, 0)
+    tests = standard_tests(problem, 0)
     res = measure_setting(problem, setting, tests=tests, plan=plan, key=(cfg.seed, 11, index), comm=Comm(),
                           progress=progress)
     entry, _ = _summarise(res, cfg.n_boot, _rng(cfg.seed, "eta", 1000 + index))

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
+from sdesam.parallel import init_comm
+
 from . import weak_error
 from .experiment import sweep_eta
-from .distributed import init_comm
 
 __all__ = ["main", "MODELS"]
 

@@ -6,7 +6,7 @@ N = T/η steps of size η; ``validation.stats`` turns their per-block statistics
 
     E(η) = max_k |E g(x_k) − E g(X_{kη})|,   k ∈ recorded steps ⊆ {0, …, N},
 
-with bootstrap standard errors. Randomness (``validation.montecarlo``): chunk c of a
+with bootstrap standard errors. Randomness (``sdesam.montecarlo``): chunk c of a
 run is seeded with derived_seed(seed, sweep, setting, role, c), role 0 for the
 discrete process and role 1 for the SDEs — so SAM is independent of the SDEs, and the
 SDE models of one setting share their Gaussian increments (and, with Monte Carlo
@@ -28,13 +28,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sdesam.dynamics import make_dynamics
+from sdesam.montecarlo import BlockStats, ChunkPlan, estimate
+from sdesam.parallel import Comm
 from sdesam.problem import Problem
+from sdesam.registry import REGISTRY, make_dynamics
 from sdesam.simulate import record_steps
 
-from .distributed import Comm
-from .montecarlo import BlockStats, ChunkPlan, TestFunctions, run_chunks
 from .stats import fit_power_law, weak_errors
+
+TestFunctions = dict
 
 __all__ = ["SDE_MODELS", "Setting", "SettingResult", "measure_setting", "num_steps",
            "sweep_eta", "sweep_rho", "sweep_ablation", "check_geometric"]
@@ -99,29 +101,40 @@ class SettingResult:
     dynamics_config: dict[str, dict] = field(default_factory=dict)
 
 
+def build(name: str, problem: Problem, eta: float, rho: float, **kwargs):
+    """``make_dynamics`` with ρ passed only to the dynamics that take one (not sgd, sgd_sde)."""
+    if "rho" in REGISTRY[name].hyperparameters:
+        kwargs["rho"] = rho
+    return make_dynamics(name, problem, eta=eta, **kwargs)
+
+
 def measure_setting(problem: Problem, setting: Setting, *, tests: TestFunctions, plan: ChunkPlan,
-                    key: Sequence[int], comm: Comm, progress: Callable[[str], None] | None = None
-                    ) -> SettingResult:
-    """Run the discrete process and every model of ``setting`` (this rank's chunks), gather."""
+                    key: Sequence[int], comm: Comm, progress: Callable[[str], None] | None = None,
+                    out=None) -> SettingResult:
+    """Run the discrete process and every model of ``setting`` (this rank's chunks), gather.
+
+    ``sdesam.estimate`` twice: the discrete process with the seed key (*key, 0), the SDE
+    models together with (*key, 1) (common random numbers among them). ``out``: a
+    directory where both keep their chunks (a rerun resumes)."""
     steps = record_steps(setting.n_steps, setting.record_every)
-    x0 = problem.x0
-    mine = comm.my_chunks(plan.n_chunks)
-    runs = [("__discrete__", setting.discrete, {}, ROLE_DISCRETE)]
-    runs += [(label, name, kw, ROLE_SDE) for label, (name, kw) in setting.models.items()]
-    out, walls, configs = {}, {}, {}
-    for label, name, kw, role in runs:
-        dyn = make_dynamics(name, problem, eta=setting.eta, rho=setting.rho, **kw)
-        configs[label] = dyn.config()
-        t0 = time.perf_counter()
-        shown = f"{setting.label} {name if role == ROLE_DISCRETE else label}"
-        parts = run_chunks(dyn, x0, (*key, role), plan, record_steps=steps, tests=tests, chunks=mine,
-                           on_chunk=(lambda c, lab=shown: progress(lab)) if progress else None)
-        walls[label] = time.perf_counter() - t0
-        out[label] = BlockStats.concatenate(comm.gather_chunks(parts, plan.n_chunks))
-    ref = out.pop("__discrete__")
-    walls["discrete"] = walls.pop("__discrete__")
-    configs["discrete"] = configs.pop("__discrete__")
-    return SettingResult(setting, ref, out, walls, configs)
+    common = dict(record_at=steps, trajectories=plan.trajectories, chunk_size=plan.chunk_size,
+                  blocks_per_chunk=plan.blocks_per_chunk, comm=comm)
+    disc = build(setting.discrete, problem, setting.eta, setting.rho)
+    models = {label: build(name, problem, setting.eta, setting.rho, **kw)
+              for label, (name, kw) in setting.models.items()}
+
+    def tick(prefix):
+        return (lambda label, c: progress(f"{setting.label} {prefix or label}")) if progress else None
+
+    t0 = time.perf_counter()
+    ref = estimate({"discrete": disc}, tests, seed=(*key, ROLE_DISCRETE), on_chunk=tick(setting.discrete),
+                   out=None if out is None else f"{out}/discrete", **common)
+    walls = {"discrete": time.perf_counter() - t0}
+    est = estimate(models, tests, seed=(*key, ROLE_SDE), on_chunk=tick(None),
+                   out=None if out is None else f"{out}/models", **common)
+    walls.update(est.wall_s)
+    configs = {"discrete": disc.config(), **{label: d.config() for label, d in models.items()}}
+    return SettingResult(setting, ref.stats["discrete"], dict(est.stats), walls, configs)
 
 
 # -- summaries --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Closed-form moments for the linear case: SGD and its Euler–Maruyama SDE on a quadratic.
 
-On the d = 1 least-squares problem f_i(x) = (λ/2)(x − y_i)² (``validation.toy.quadratic_problem``)
+On the d = 1 least-squares problem f_i(x) = (λ/2)(x − y_i)² (``sdesam.toys.quadratic_problem``)
 with exact minibatch expectations, write z = x − ȳ and s² = Var_γ(ȳ_γ) (population
 variance over the C(n, B) minibatches). Then g_γ = λ(z − (ȳ_γ − ȳ)) and
 
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .toy import GLMProblem
+from sdesam.toys import GLMProblem
 
 __all__ = ["quadratic_moments", "exact_weak_errors"]
 
 
 def _constants(problem: GLMProblem):
     if problem.link != "quadratic" or problem.dim != 1 or problem.l2:
-        raise ValueError("closed forms need the d = 1 quadratic GLM of validation.toy.quadratic_problem")
+        raise ValueError("closed forms need the d = 1 quadratic GLM of sdesam.toys.quadratic_problem")
     a = problem.A[:, 0]
     if not bool((a == a[0]).all()):
         raise ValueError("closed forms need equal features (f_i = (λ/2)(x − y_i)²)")

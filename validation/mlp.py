@@ -36,7 +36,7 @@ from sdesam.data import load_mnist
 from sdesam.models import MLP
 from sdesam.problem import ModuleProblem
 
-from .montecarlo import standard_tests
+from sdesam.montecarlo import standard_tests
 
 __all__ = ["MLPConfig", "MLP_CONFIGS", "mlp_problem", "mlp_test_functions", "load_images"]
 
@@ -109,13 +109,12 @@ def mlp_problem(config: MLPConfig, dataset: str = "synthetic", *, data_dir=None,
 
 def mlp_test_functions(problem: ModuleProblem, eval_inputs: Tensor, eval_targets: Tensor,
                        coordinate: int = -1) -> dict:
-    """{"loss", "sqnorm", "coord"}: functions of x (M, d) → (M,) (``standard_tests``)."""
-    def loss(x):
-        with torch.no_grad():
-            return torch.stack([problem._loss_fn(problem._forward(problem.unflatten(xi), eval_inputs),
-                                                 eval_targets) for xi in x])
-
-    return standard_tests(loss, problem.dim, coordinate)
+    """{"loss", "sqnorm", "coord"}: functions of x (M, d) → (M,) (``standard_tests``); the loss
+    over the evaluation examples (the first ``len(eval_inputs)`` training examples)."""
+    n = eval_inputs.shape[0]
+    if not (torch.equal(problem.inputs[:n], eval_inputs) and torch.equal(problem.targets[:n], eval_targets)):
+        raise ValueError("the evaluation examples must be the first training examples of the problem")
+    return standard_tests(problem, coordinate, eval_examples=torch.arange(n, device=problem.device))
 
 
 def with_overrides(config: MLPConfig, **overrides) -> MLPConfig:

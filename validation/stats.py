@@ -7,7 +7,7 @@ Weak error of a model process X against the discrete process x (DESIGN §3.4):
 estimated by plugging in the Monte Carlo means of both. The max over steps makes the
 estimator non-linear (and biased upwards by the noise: E max ≥ max E), so its
 uncertainty is taken from a bootstrap over the i.i.d. blocks of
-``validation.montecarlo``: each replicate redraws the blocks of every independent run
+``sdesam.montecarlo``: each replicate redraws the blocks of every independent run
 with replacement (multinomial block weights) and recomputes the whole statistic,
 max over k included. Runs that share random numbers (the SDEs of one setting share
 their Gaussian increments) are redrawn with the same block weights, so differences
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import stdtrit
 
-from .montecarlo import BlockStats
+from sdesam.montecarlo import BlockStats
 
 __all__ = ["bootstrap_weights", "max_error", "weak_errors", "fit_power_law", "PowerLawFit"]
 

@@ -44,11 +44,12 @@ from sdesam._checks import check_choice, check_int, check_positive
 from sdesam.cli import prog_name
 from sdesam.atomic import atomic_open, atomic_write_text
 
-from .distributed import init_comm
+from sdesam.montecarlo import ChunkPlan, standard_tests
+from sdesam.parallel import init_comm
+from sdesam.toys import TOY_PROBLEMS, make_toy_problem
+
 from .experiment import SDE_MODELS, check_geometric, num_steps, sweep_ablation, sweep_eta, sweep_rho
-from .montecarlo import ChunkPlan, standard_tests
 from .plotting import LABELS, plot_ablation, plot_sweep
-from .toy import TOY_PROBLEMS, make_toy_problem
 
 __all__ = ["main", "parse_args", "run", "DEFAULTS"]
 
@@ -189,7 +190,7 @@ def _resolve(args):
     else:
         problem = make_toy_problem(args.problem).to(device, getattr(torch, args.dtype or "float64"))
         coord = 0 if args.coordinate is None else args.coordinate
-        tests_all = standard_tests(problem.full_loss, problem.dim, coord)
+        tests_all = standard_tests(problem, coord)
         source = "toy problem (exact minibatch enumeration available)"
         base = {**DEFAULTS, "n_batches": "exact", "record_every": 1, "problem_extra": {}}
     tests = {t: tests_all[t] for t in args.tests}

@@ -63,8 +63,10 @@ def unit_vector(v: Tensor) -> Tensor:
 
 def random_unit_vector(shape, *, generator: torch.Generator | None = None,
                        dtype=None, device=None) -> Tensor:
-    """A uniformly random unit vector (Gaussian, normalised along the last dimension)."""
-    v = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    """A uniformly random unit vector (Gaussian, normalised along the last dimension), drawn on
+    the generator's device and moved to ``device``."""
+    v = torch.randn(shape, generator=generator, dtype=dtype,
+                    device=generator.device if generator is not None else device).to(device)
     return unit_vector(v)
 
 

@@ -10,7 +10,7 @@
 All wrap a base optimizer (SGD with momentum 0.9 by default), share its param groups
 (LR schedulers work), save its state in ``state_dict()``, and take a closure that
 *returns* the minibatch loss (no backward). They share the perturbation rules
-(``sdesam.perturbations``), the power iteration (``sdesam.curvature.power``) and the
+(``sdesam.rules``), the power iteration (``sdesam.curvature.power``) and the
 refresh schedule (``sdesam.refresh``) with the simulation core.
 """
 from .base import Closure, WrappedOptimizer

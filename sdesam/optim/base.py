@@ -8,7 +8,7 @@ optimizer (SGD with momentum 0.9 unless told otherwise):
 - ``state_dict()`` holds the base optimizer's state (momentum buffers, …) *and* the
   wrapper's own state (step counter, eigenvector estimate, …), so a resumed run
   continues exactly (davda54/sam loses the base state);
-- the perturbation rules of ``sdesam.perturbations`` act on one flat vector of all
+- the perturbation rules of ``sdesam.rules`` act on one flat vector of all
   trainable parameters (d,), in param-group order;
 - data parallelism: with a ``DistributedDataParallel`` model the wrapper knows how to run
   a pass without DDP's gradient all-reduce (``no_sync``, covering forward *and*

@@ -7,7 +7,7 @@ gradient with its graph, and one Hessian-vector product on that graph (with u he
 constant, which gives exactly the derivative of the norm). This is the second-order
 SDE's implicit objective (Compagnoni et al. 2023) that the paper's Appendix A trains to
 show it does not reproduce SAM. It is the ``EGR`` of the simulation core
-(``sdesam.integrators.EGR``: x ← x − η v¹ with the SAM rule).
+(``sdesam.discrete.DiscreteEGR``: x ← x − η v¹ with the SAM rule).
 
 A param group's ρ scales that group's slice of H u. Under DDP, u comes from the
 globally averaged gradient (``sync_perturbation=True``) or from each process's own

@@ -8,9 +8,9 @@
     ε = u + α · sign(⟨g, v̂⟩) · v̂⊥          (Eq. 8; not renormalised unless asked)
     x ← base_step(x, ∇f_γ(x + ρ ε))
 
-The rule is ``sdesam.perturbations.EigenSAM`` and Algorithm 1 is
+The rule is ``sdesam.rules.EigenSAMRule`` and Algorithm 1 is
 ``sdesam.curvature.power.power_iteration``, exactly what the simulation core's discrete
-``sdesam.integrators.EigenSAM`` uses (the Lanczos refresh is
+``sdesam.discrete.DiscreteEigenSAM`` uses (the Lanczos refresh is
 ``sdesam.curvature.short_lanczos.lanczos_iteration``); the refresh schedule is the shared
 ``sdesam.refresh.RefreshSchedule``, so ``p_counting`` and ``first_refresh`` mean the
 same in both. The first v̂ is a random unit vector drawn from ``seed``.
@@ -49,7 +49,7 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
-from .. import perturbations
+from .. import rules
 from .._checks import check_choice, check_int
 from ..curvature.power import power_iteration, random_unit_vector
 from ..curvature.short_lanczos import lanczos_iteration
@@ -122,7 +122,7 @@ class EigenSAM(SAM):
                  perturbed_bn: str = "frozen", estimator: str = "power",
                  hvp_method: str = "double_backward", **base_kwargs):
         super().__init__(params, base_optimizer, rho=rho,
-                         rule=perturbations.EigenSAM(alpha, renormalize=renormalize),
+                         rule=rules.EigenSAMRule(alpha, renormalize=renormalize),
                          model=model, sync_perturbation=sync_perturbation, perturbed_bn=perturbed_bn,
                          **base_kwargs)
         self.schedule = RefreshSchedule(p, p_counting, first_refresh, steps_per_epoch)
@@ -249,7 +249,7 @@ class EigenSAM(SAM):
         """Eq. 8 with the current v̂; ε = g (USAM) before the first estimate
         (``first_refresh="after_p"``)."""
         if not self.has_estimate:
-            return perturbations.USAM().coefficients(g) + (None,)
+            return rules.USAMRule().coefficients(g) + (None,)
         a, b = self.rule.coefficients(g, self.eigenvector)
         return a, b, self.eigenvector
 

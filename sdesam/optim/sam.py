@@ -2,7 +2,7 @@
 
     g = ∇f_γ(x),   ε = rule(g),   x ← base_step(x, ∇f_γ(x + ρ ε))
 
-with ``rule`` one of ``sdesam.perturbations``: ``"sam"`` (ε = g/‖g‖, Eq. 2),
+with ``rule`` one of ``sdesam.rules``: ``"sam"`` (ε = g/‖g‖, Eq. 2),
 ``"usam"`` (ε = g), ``"reverse_sam"`` (ε = −g/‖g‖, Appendix A), ``"asam"`` (ε = T²g/‖Tg‖,
 T = diag(|x| + ξ); Kwon et al. 2021). ε is computed once on
 the flat vector of all trainable parameters (the global norm), and each param group
@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import perturbations
+from .. import rules
 from .._checks import check_choice
 from .base import Closure, WrappedOptimizer
 from .norm_stats import PERTURBED_BN, perturbed_pass_stats
@@ -77,7 +77,7 @@ class SAM(WrappedOptimizer):
     def __init__(self, params, base_optimizer=None, *, rho: float = 0.05, rule="sam",
                  model=None, sync_perturbation: bool = True, perturbed_bn: str = "frozen",
                  **base_kwargs):
-        rule = perturbations.get_rule(rule)
+        rule = rules.get_rule(rule)
         if rule.needs_eigenvector and not self.estimates_eigenvector:
             raise ValueError(f"rule={rule.name!r} needs an eigenvector estimate: use "
                              "sdesam.optim.EigenSAM")
@@ -99,7 +99,7 @@ class SAM(WrappedOptimizer):
         if not self.rule.has_coefficients:
             return self.rule(g, x=self._flatten([p.detach() for p in self._params()]))
         a, b, v = self._coefficients(g)
-        return perturbations.PerturbationRule.combine(g, a, b, v)
+        return rules.PerturbationRule.combine(g, a, b, v)
 
     @torch.no_grad()
     def _ascend(self, a: Tensor, b: Tensor | None, v: Tensor | None) -> None:

@@ -12,7 +12,7 @@ benchmarks, with everything a long run needs:
   base optimizer's momentum and Eigen-SAM's v̂ and counters), scheduler, loader and RNG
   states, and the metric history, so that ``resume=True`` continues bit-for-bit on CPU;
 - bf16 autocast and channels-last on CUDA; DDP through torchrun (see
-  ``sdesam.training.distributed``); a progress bar; NaN/Inf losses stop the run with a
+  ``sdesam.parallel``); a progress bar; NaN/Inf losses stop the run with a
   ``NonFiniteStateError`` naming the step;
 - ``Callback`` hooks for measurements during training (Figures 1, 3, 5, Appendix A).
 
@@ -39,11 +39,12 @@ from ..errors import NonFiniteStateError
 from ..models import build_model
 from ..optim import EGR, SAM, EigenSAM
 from ..optim.norm_stats import eval_mode
-from ..problem import derived_seed
+from .._streams import (STREAM_SHUFFLE, STREAM_TEST_SUBSET, STREAM_TRAIN_EIGVEC,
+                        STREAM_TRAIN_SUBSET, derived_seed)
 from . import files
 from .callbacks import Callback, CallbackContext
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
+from ..parallel import Comm, init_comm
 from .environment import environment
 
 __all__ = ["train", "TrainResult", "IMAGENET_MEAN", "IMAGENET_STD", "CHECKPOINT_FORMAT"]
@@ -52,8 +53,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: version of the checkpoint layout
 CHECKPOINT_FORMAT = 1
-# independent random streams derived from the seed
-_STREAM_SHUFFLE, _STREAM_EIGVEC, _STREAM_TRAIN_SUBSET, _STREAM_TEST_SUBSET = 1, 2, 3, 4
 # models that take flat vectors
 _FLAT_INPUT_MODELS = ("mlp",)
 # models whose constructor takes the input size
@@ -100,7 +99,8 @@ class _Run:
                                  f"got {cb.every_steps!r}")
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        self.info, self.device = setup_distributed(config.device)
+        self.info = init_comm(config.device)
+        self.device = self.info.device
         cuda = self.device.type == "cuda"
         self.amp = config.amp == "bf16" or (config.amp == "auto" and cuda)
         image_model = config.model not in _FLAT_INPUT_MODELS
@@ -121,10 +121,10 @@ class _Run:
         train, test = load_dataset(c.dataset, c.data_dir)
         if c.train_subset is not None:
             train = train.subset(c.train_subset, torch.Generator().manual_seed(
-                derived_seed(c.subset_seed, _STREAM_TRAIN_SUBSET)))
+                derived_seed(c.subset_seed, STREAM_TRAIN_SUBSET)))
         if c.test_subset is not None:
             test = test.subset(c.test_subset, torch.Generator().manual_seed(
-                derived_seed(c.subset_seed, _STREAM_TEST_SUBSET)))
+                derived_seed(c.subset_seed, STREAM_TEST_SUBSET)))
         if c.normalization == "imagenet":
             if train.images.shape[1] != 3:
                 raise ValueError(f"normalization='imagenet' needs RGB images, {c.dataset} has "
@@ -176,7 +176,7 @@ class _Run:
                             first_refresh=c.first_refresh, steps_per_epoch=steps_per_epoch,
                             hvp_mode=c.hvp_mode, renormalize=c.renormalize, perturbed_bn=c.perturbed_bn,
                             estimator=c.estimator, hvp_method=c.hvp_method,
-                            seed=derived_seed(c.seed, _STREAM_EIGVEC), **common)
+                            seed=derived_seed(c.seed, STREAM_TRAIN_EIGVEC), **common)
         return SAM(params, rule=c.method, perturbed_bn=c.perturbed_bn, **common)
 
     def make_scheduler(self, optimizer, total_steps: int):
@@ -226,13 +226,13 @@ class _Run:
                 totals[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
                 totals[1] += (logits.argmax(1) == y).sum()
                 totals[2] += y.numel()
-        loss_sum, correct, n = all_reduce_sum(totals, self.info).tolist()
+        loss_sum, correct, n = self.info.all_reduce_sum(totals).tolist()
         return loss_sum / n, correct / n
 
 
-def _check_window(window, first_step: int, epoch: int, method: str, info: DistInfo) -> list[float]:
+def _check_window(window, first_step: int, epoch: int, method: str, info: Comm) -> list[float]:
     """Losses of the last steps as floats (mean over processes); raise on NaN/Inf."""
-    losses = all_reduce_sum(torch.stack(window).double(), info) / info.world_size
+    losses = info.all_reduce_sum(torch.stack(window).double()) / info.world_size
     values = losses.tolist()
     for i, v in enumerate(values):
         if not math.isfinite(v):
@@ -257,8 +257,7 @@ def train(config: TrainConfig, callbacks=()) -> TrainResult:
     try:
         return _train(run)
     finally:
-        if run.info.owns_group:
-            torch.distributed.destroy_process_group()
+        run.info.close()
 
 
 def _train(run: _Run) -> TrainResult:
@@ -294,7 +293,7 @@ def _train(run: _Run) -> TrainResult:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     loader = DeviceLoader(train_data, c.batch_size // info.world_size, shuffle=True,
                           augment=c.augment, drop_last=c.drop_last,
-                          generator=torch.Generator().manual_seed(derived_seed(c.seed, _STREAM_SHUFFLE)),
+                          generator=torch.Generator().manual_seed(derived_seed(c.seed, STREAM_SHUFFLE)),
                           device=device, channels_last=run.channels_last, rank=info.rank,
                           world_size=info.world_size)
     steps_per_epoch = len(loader)
@@ -328,7 +327,7 @@ def _train(run: _Run) -> TrainResult:
         files.write_jsonl(out / files.METRICS_FILE, history)
         if step_records:
             files.write_jsonl(out / files.STEPS_FILE, step_records)
-    barrier(info)
+    info.barrier()
 
     def context(**kw):
         return CallbackContext(config=c, model=model, optimizer=optimizer, loss_fn=cross_entropy,
@@ -348,7 +347,7 @@ def _train(run: _Run) -> TrainResult:
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "loader": loader.state_dict(), "rng": rng, "history": history,
                 "step_records": step_records})
-        barrier(info)
+        info.barrier()
 
     step_callbacks = [cb for cb in run.callbacks if cb.every_steps is not None]
     model.train()
@@ -411,6 +410,6 @@ def _train(run: _Run) -> TrainResult:
             final.update(extra)
     if info.is_main:
         files.write_json(out / files.FINAL_FILE, final)
-    barrier(info)
+    info.barrier()
     return TrainResult(config=c, out_dir=out, history=history, final=final, model=model,
                        optimizer=optimizer)

@@ -2,15 +2,23 @@
 
 A rule maps a minibatch gradient g_γ (shape (..., d), any leading dimensions) to the
 direction ε_γ that SAM-type methods step along before taking the gradient:
-x̃ = x + ρ ε_γ. The simulation core (discrete integrators, SDE drifts through the
-Taylor vectors) and the training optimizers (``sdesam.optim``) all call these rules.
+x̃ = x + ρ ε_γ. The discrete dynamics (``sdesam.discrete``), the SDE drifts through the
+Taylor vectors (``sdesam.sde``) and the training optimizers (``sdesam.optim``) all call
+these rules.
 
 ε_γ is always treated as a constant of x (never differentiated), as in SAM's
 implementation (paper Sec. 3.2).
+
+Names. A rule class ends in ``Rule`` (``SAMRule``); its ``name`` (``"sam"``) names the
+discrete method that steps along it, and the SDEs of that method are named after it
+(``"sam_sde3"``, ``"asam_sde3"``, ``"sign_sam_sde3"``). A rule written without a ``name``
+gets its class name in snake case (``SignSAM`` → ``"sign_sam"``).
 """
 from __future__ import annotations
 
 import functools
+import math
+import re
 
 import torch
 from torch import Tensor
@@ -18,7 +26,30 @@ from torch import Tensor
 from ._checks import check_nonnegative
 from .curvature.power import accurate_norm
 
-__all__ = ["PerturbationRule", "SAM", "USAM", "ReverseSAM", "EigenSAM", "ASAM", "Direction", "get_rule"]
+__all__ = ["PerturbationRule", "SAMRule", "USAMRule", "ReverseSAMRule", "EigenSAMRule", "ASAMRule",
+           "FisherSAMRule", "DirectionRule", "RULES", "get_rule"]
+
+
+def _snake(name: str) -> str:
+    """``SignSAM`` → ``sign_sam``, ``MyRule`` → ``my`` (a trailing ``Rule`` is dropped)."""
+    name = re.sub(r"Rule$", "", name) or name
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+def _config_value(value):
+    """A JSON-serialisable description of a rule attribute (tensors by shape and dtype)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Tensor):
+        return f"tensor(shape={tuple(value.shape)}, dtype={str(value.dtype).replace('torch.', '')})"
+    if isinstance(value, (tuple, list)):
+        return [_config_value(v) for v in value]
+    if isinstance(value, PerturbationRule):
+        return value.config()
+    return repr(value)
 
 
 def _inverse_norm(g: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,28 +119,38 @@ class PerturbationRule:
       defines ``perturbation`` but not ``coefficients``). Set ``needs_point = True`` when
       ε depends on x. Consumers then materialise ε and use it as a plain direction.
 
-    Every rule is called as ``rule(g, eigvec=None, out=None, x=None) -> ε``. The outputs
-    of rules defined outside this module are checked (shape, and NaN/Inf for a finite g:
-    one reduction, a device synchronisation on GPUs) and a mistake raises a ValueError
-    naming the rule.
+    A rule that samples sets ``needs_generator = True`` and takes a keyword ``generator``
+    (a ``torch.Generator`` on g's device) in ``coefficients`` / ``perturbation``; every
+    consumer passes one drawn from its run's seed and step (dynamics: the key
+    (seed, rule stream, step[, sub-step])), so the same seed gives the same samples.
 
-    ε is held constant when differentiating (never differentiated through x or g), as in
-    SAM's implementation: x ← x − η ∇f_γ(x + ρ ε) evaluates a gradient at a point.
+    Every rule is called as ``rule(g, eigvec=None, out=None, x=None, generator=None) -> ε``.
+    The outputs of rules defined outside this module are checked (shape, and NaN/Inf for
+    a finite g: one reduction, a device synchronisation on GPUs) and a mistake raises a
+    ValueError naming the rule.
+
+    Records. ``name`` (default: the class name in snake case) labels the rule's method
+    in records; ``config()`` is ``{"rule": name}`` plus every public attribute of the
+    instance (its hyperparameters), so a record says which rule made it.
 
     Attributes:
         name: short identifier used in records and configs.
         needs_eigenvector: True when the rule consumes a top-eigenvector estimate v̂.
         needs_point: True when ε depends on the parameters x (consumers pass ``x=``).
+        needs_generator: True when the rule samples (consumers pass ``generator=``).
         has_coefficients: True when ``coefficients`` gives ε = a·g + b·v̂.
     """
 
     name: str = "rule"
     needs_eigenvector: bool = False
     needs_point: bool = False
+    needs_generator: bool = False
     has_coefficients: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = _snake(cls.__name__)
         if "has_coefficients" not in cls.__dict__ and "perturbation" in cls.__dict__ \
                 and cls.coefficients is PerturbationRule.coefficients:
             cls.has_coefficients = False
@@ -130,16 +171,27 @@ class PerturbationRule:
         a, b = self.coefficients(g, eigvec)
         return self.combine(g, a, b, eigvec)
 
+    def _generator_kwargs(self, generator) -> dict:
+        if not self.needs_generator:
+            return {}
+        if generator is None:
+            raise ValueError(f"perturbation rule {self!r} samples (needs_generator=True): pass generator=")
+        return {"generator": generator}
+
+    def coefficients_for(self, g: Tensor, eigvec: Tensor | None = None, generator=None):
+        """``coefficients(g, eigvec)``, passing ``generator`` to a rule that samples."""
+        return self.coefficients(g, eigvec, **self._generator_kwargs(generator))
+
     def __call__(self, g: Tensor, eigvec: Tensor | None = None, out: Tensor | None = None,
-                 x: Tensor | None = None) -> Tensor:
+                 x: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """ε, optionally written into ``out`` (shape of g); coefficient rules form
         a·g + b·v̂ there without temporaries."""
         if self.needs_point and x is None:
             raise ValueError(f"perturbation rule {self!r} depends on the point: pass x=, got x=None")
         if self.has_coefficients:
-            a, b = self.coefficients(g, eigvec)
+            a, b = self.coefficients_for(g, eigvec, generator)
             return self.combine(g, a, b, eigvec, out)
-        eps = self.perturbation(g, eigvec, x)
+        eps = self.perturbation(g, eigvec, x, **self._generator_kwargs(generator))
         return eps if out is None else out.copy_(eps)
 
     @staticmethod
@@ -151,15 +203,20 @@ class PerturbationRule:
         torch.mul(g, a, out=out)
         return out if b is None else out.addcmul_(b, eigvec)
 
+    def hyperparameters(self) -> dict:
+        """The instance's public attributes (its hyperparameters), JSON-serialisable."""
+        return {k: _config_value(v) for k, v in sorted(vars(self).items()) if not k.startswith("_")}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
 
     def config(self) -> dict:
-        """JSON-serialisable description, saved next to every result."""
-        return {"rule": self.name}
+        """``{"rule": name, **hyperparameters}``, saved next to every result."""
+        return {"rule": self.name, **self.hyperparameters()}
 
 
-class SAM(PerturbationRule):
+class SAMRule(PerturbationRule):
     """ε = g/‖g‖ (paper Eq. 2). A zero gradient gives ε = 0."""
 
     name = "sam"
@@ -168,7 +225,7 @@ class SAM(PerturbationRule):
         return _inverse_norm(g)[1], None
 
 
-class USAM(PerturbationRule):
+class USAMRule(PerturbationRule):
     """Unnormalised SAM: ε = g."""
 
     name = "usam"
@@ -177,7 +234,7 @@ class USAM(PerturbationRule):
         return torch.ones_like(g[..., :1]), None
 
 
-class ReverseSAM(PerturbationRule):
+class ReverseSAMRule(PerturbationRule):
     """ε = −g/‖g‖ (paper Appendix A)."""
 
     name = "reverse_sam"
@@ -186,7 +243,7 @@ class ReverseSAM(PerturbationRule):
         return -_inverse_norm(g)[1], None
 
 
-class EigenSAM(PerturbationRule):
+class EigenSAMRule(PerturbationRule):
     """ε = u + α·sign(⟨g, v̂⟩)·v̂⊥ with u = g/‖g‖, v̂⊥ = v̂ − ⟨v̂, u⟩u (paper Eq. 7–8).
 
     Args:
@@ -211,7 +268,7 @@ class EigenSAM(PerturbationRule):
 
     def coefficients(self, g, eigvec=None):
         if eigvec is None:
-            raise ValueError("EigenSAM needs an eigenvector estimate: eigvec=None")
+            raise ValueError("EigenSAMRule needs an eigenvector estimate: eigvec=None")
         if eigvec.shape[-1] != g.shape[-1]:
             raise ValueError(
                 f"eigvec has dimension {eigvec.shape[-1]} but the gradient has {g.shape[-1]}")
@@ -227,14 +284,8 @@ class EigenSAM(PerturbationRule):
             a, b = a * scale, b * scale
         return a, b
 
-    def __repr__(self):
-        return f"EigenSAM(alpha={self.alpha}, renormalize={self.renormalize})"
 
-    def config(self):
-        return {"rule": self.name, "alpha": self.alpha, "renormalize": self.renormalize}
-
-
-class ASAM(PerturbationRule):
+class ASAMRule(PerturbationRule):
     """Adaptive SAM (Kwon et al. 2021): ε = T²g/‖Tg‖ with T = diag(|x| + ξ).
 
     Args:
@@ -256,7 +307,7 @@ class ASAM(PerturbationRule):
 
     def perturbation(self, g, eigvec=None, x=None):
         if x is None:
-            raise ValueError("ASAM depends on the point: pass x=, got x=None")
+            raise ValueError("ASAMRule depends on the point: pass x=, got x=None")
         if x.shape[-1] != g.shape[-1]:
             raise ValueError(f"x has dimension {x.shape[-1]} but the gradient has {g.shape[-1]}")
         t = x.abs() + self.xi if self.xi else x.abs()
@@ -264,27 +315,31 @@ class ASAM(PerturbationRule):
         inv = _inverse_norm(tg)[1]
         return tg.mul_(t).mul_(inv)
 
-    def __repr__(self):
-        return f"ASAM(xi={self.xi})"
 
-    def config(self):
-        return {"rule": self.name, "xi": self.xi}
+class FisherSAMRule(PerturbationRule):
+    """Fisher-SAM (Kim et al. 2022): ε = F⁻¹g / √(gᵀF⁻¹g) with F = diag(1 + η_F g²).
+
+    Args:
+        eta_f: η_F ≥ 0, the strength of the diagonal Fisher approximation g² (η_F = 0 is
+            SAM's ε = g/‖g‖).
+
+    ε depends on g elementwise (no coefficient form); ‖ε‖_F = 1 in the Fisher metric,
+    i.e. εᵀFε = 1. A zero gradient gives ε = 0.
+    """
+
+    name = "fisher_sam"
+
+    def __init__(self, eta_f: float = 1.0):
+        self.eta_f = check_nonnegative("eta_f", eta_f)
+
+    def perturbation(self, g, eigvec=None, x=None):
+        finv_g = g / (1.0 + self.eta_f * g * g)
+        quad = _dot(g, finv_g)                                  # gᵀF⁻¹g ≥ 0
+        inv = torch.where(quad > 0, quad.clamp_min(torch.finfo(g.dtype).tiny).rsqrt(), torch.zeros_like(quad))
+        return finv_g * inv
 
 
-_RULES = {"sam": SAM, "usam": USAM, "reverse_sam": ReverseSAM, "eigen_sam": EigenSAM, "asam": ASAM}
-
-
-def get_rule(rule) -> PerturbationRule:
-    """Accept a rule instance or its name (``"sam"``, ``"usam"``, ``"reverse_sam"``,
-    ``"eigen_sam"``, ``"asam"``)."""
-    if isinstance(rule, PerturbationRule):
-        return rule
-    if rule in _RULES:
-        return _RULES[rule]()
-    raise ValueError(f"rule must be a PerturbationRule or one of {sorted(_RULES)}, got rule={rule!r}")
-
-
-class Direction(PerturbationRule):
+class DirectionRule(PerturbationRule):
     """ε = v̂, the given direction itself (coefficients a = 0, b = 1), whatever g is.
 
     Not a training rule: it lets the Taylor machinery evaluate ∇²f_γ v̂ and
@@ -298,7 +353,20 @@ class Direction(PerturbationRule):
 
     def coefficients(self, g, eigvec=None):
         if eigvec is None:
-            raise ValueError("Direction needs the direction: eigvec=None")
+            raise ValueError("DirectionRule needs the direction: eigvec=None")
         if eigvec.shape[-1] != g.shape[-1]:
             raise ValueError(f"eigvec has dimension {eigvec.shape[-1]} but the gradient has {g.shape[-1]}")
         return torch.zeros_like(g[..., :1]), torch.ones_like(g[..., :1])
+
+
+#: the rules by name (training rules; ``DirectionRule`` is a tool of the eigen-SDEs)
+RULES = {cls.name: cls for cls in (SAMRule, USAMRule, ReverseSAMRule, EigenSAMRule, ASAMRule, FisherSAMRule)}
+
+
+def get_rule(rule) -> PerturbationRule:
+    """Accept a rule instance or its name (one of ``RULES``)."""
+    if isinstance(rule, PerturbationRule):
+        return rule
+    if isinstance(rule, str) and rule in RULES:
+        return RULES[rule]()
+    raise ValueError(f"rule must be a PerturbationRule or one of {sorted(RULES)}, got rule={rule!r}")

@@ -1,10 +1,10 @@
-"""Discrete integrators against updates computed by hand from the paper's equations."""
+"""Discrete methods against updates computed by hand from the paper's equations."""
 import pytest
 import torch
 
 from sdesam.curvature.power import random_unit_vector
-from sdesam.integrators import EGR, SAM, SGD, USAM, EigenSAM, ReverseSAM, STREAM_INIT, draw_batches
-from sdesam.problem import seeded_generator
+from sdesam._streams import STREAM_INIT, draw_batches, seeded_generator
+from sdesam.discrete import DiscreteEGR, DiscreteEigenSAM, DiscreteSAM, DiscreteSGD
 
 from .problems import DTYPE, LogCoshReference, logcosh_data, logcosh_problem
 
@@ -20,27 +20,29 @@ def minibatch(problem, step):
     return draw_batches(problem, SEED, step, 1)[0, 0]
 
 
-@pytest.mark.parametrize("cls", [SGD, SAM, USAM, ReverseSAM, EGR])
-def test_one_step_by_hand(cls):
+@pytest.mark.parametrize("method", ["sgd", "sam", "usam", "reverse_sam", "egr"])
+def test_one_step_by_hand(method):
     problem, ref, x = setup()
-    dyn = cls(problem, ETA, RHO)
+    dyn = {"sgd": lambda: DiscreteSGD(problem, ETA), "egr": lambda: DiscreteEGR(problem, ETA, RHO)}.get(
+        method, lambda: DiscreteSAM(problem, ETA, RHO, rule=method))()
+    assert dyn.name == method
     state = dyn.init_state(seed=SEED)
     for k in range(3):
         idx = minibatch(problem, k)
         g = ref.grad(x, idx)
         u = g / g.norm()
-        if cls is SGD:
+        if method == "sgd":
             x = x - ETA * g
-        elif cls is SAM:
+        elif method == "sam":
             x = x - ETA * ref.grad(x + RHO * u, idx)
-        elif cls is USAM:
+        elif method == "usam":
             x = x - ETA * ref.grad(x + RHO * g, idx)
-        elif cls is ReverseSAM:
+        elif method == "reverse_sam":
             x = x - ETA * ref.grad(x - RHO * u, idx)
         else:                                         # EGR: ∇[f + ρ‖∇f‖] = g + ρ H u
             x = x - ETA * (g + RHO * ref.hess(x, idx) @ u)
         dyn.advance(state, 1)
-        assert torch.allclose(state.x[0], x, rtol=0, atol=1e-13), (cls.name, k)
+        assert torch.allclose(state.x[0], x, rtol=0, atol=1e-13), (method, k)
 
 
 def test_minibatches_are_distinct_indices_and_cover_the_data():
@@ -60,7 +62,7 @@ def test_minibatches_are_distinct_indices_and_cover_the_data():
 def test_eigen_sam_by_hand(p_counting, first_refresh, expected):
     problem, ref, x = setup()
     p, q, alpha = 3, 2, 0.5
-    dyn = EigenSAM(problem, ETA, RHO, alpha, p, q, p_counting=p_counting, first_refresh=first_refresh,
+    dyn = DiscreteEigenSAM(problem, ETA, RHO, alpha, p, q, p_counting=p_counting, first_refresh=first_refresh,
                    steps_per_epoch=4)
     assert [k for k in range(9) if dyn.refreshes_at(k)] == expected
     state = dyn.init_state(seed=SEED)
@@ -89,7 +91,7 @@ def test_eigen_sam_by_hand(p_counting, first_refresh, expected):
 
 def test_eigen_sam_with_alpha_zero_is_sam():
     problem, _, _ = setup()
-    a, b = EigenSAM(problem, ETA, RHO, alpha=0.0, p=2, q=1), SAM(problem, ETA, RHO)
+    a, b = DiscreteEigenSAM(problem, ETA, RHO, alpha=0.0, p=2, q=1), DiscreteSAM(problem, ETA, RHO)
     sa, sb = a.init_state(seed=1), b.init_state(seed=1)
     a.advance(sa, 5)
     b.advance(sb, 5)
@@ -99,7 +101,7 @@ def test_eigen_sam_with_alpha_zero_is_sam():
 def test_resume_from_state_dict_is_exact():
     from sdesam.dynamics import RunState
     problem, _, _ = setup()
-    dyn = EigenSAM(problem, ETA, RHO, p=2, q=2)
+    dyn = DiscreteEigenSAM(problem, ETA, RHO, p=2, q=2)
     full = dyn.init_state(seed=9)
     dyn.advance(full, 6)
     part = dyn.init_state(seed=9)

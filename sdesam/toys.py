@@ -10,12 +10,11 @@ and minibatch loss f_γ(x) = mean_{i∈γ} f_i(x). With r_i = a_iᵀx − y_i an
     ∇²f_γ ε      = mean_{i∈γ} φ''(r_i) (a_iᵀε) a_i + λε
     ∇³f_γ(ε, ε)  = mean_{i∈γ} φ'''(r_i) (a_iᵀε)² a_i                   (the ridge is quadratic)
 
-so the Taylor vectors v⁰, v¹, v² of DESIGN §3.1 (v² = g + ρ∇²f_γ ε + (ρ²/2)∇³f_γ(ε, ε))
+so the Taylor vectors v⁰, v¹, v² of docs/math.md §2 (v² = g + ρ∇²f_γ ε + (ρ²/2)∇³f_γ(ε, ε))
 cost a few elementwise operations on (*S, B) residuals. ``GLMProblem`` overrides the
 generic reverse³-autograd oracles of ``sdesam.problem.Problem`` with these formulas
-(tested against ``FunctionProblem``'s autograd path to 1e-12 in float64 in
-``tests/test_weak_error_toy.py``); the speed-up is measured by
-``python -m validation.toy [threads]`` and recorded in docs/weak_error.md.
+(tested against ``FunctionProblem``'s autograd path to 1e-12 in float64); the speed-up
+is measured by ``python -m benchmarks.toys``.
 
 Links φ: ``"logcosh"`` (log cosh r: robust regression), ``"softplus"`` (log(1 + eʳ):
 logistic regression, with a_i ← −y_i a_i and residual offset 0), ``"quadratic"`` (r²/2:
@@ -25,7 +24,7 @@ linear-SDE test with a closed-form mean).
 The named problems (``TOY_PROBLEMS``; all float64, data from a fixed seed, minibatches
 enumerable):
 
-* ``logcosh`` (the default of ``python -m validation.weak_error``): robust regression,
+* ``logcosh`` (the default toy of the weak-error experiments): robust regression,
   d = 3, n = 5, B = 3 (C(5, 3) = 10 minibatches), isotropic Gaussian features.
 * ``logistic``: logistic regression with a clear top Hessian eigenvector: d = 3, n = 5,
   B = 3, features scaled by (2, 0.6, 0.3) so the Hessian's top eigenvector stays
@@ -40,10 +39,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from sdesam._checks import check_choice, check_nonnegative
-from sdesam.oracles import TaylorVectors, check_order
-from sdesam.perturbations import get_rule
-from sdesam.problem import FunctionProblem, Problem
+from ._checks import check_choice, check_nonnegative
+from .oracles import TaylorVectors, check_order
+from .problem import FunctionProblem, Problem
+from .rules import get_rule
 
 __all__ = ["GLMProblem", "LINKS", "TOY_PROBLEMS", "make_toy_problem", "logcosh_problem",
            "logistic_problem", "quadratic_problem"]
@@ -183,8 +182,8 @@ class GLMProblem(Problem):
         hv = self._mean_scaled(d2 * av, a)
         return self._with_shape(hv + self.l2 * v if self.l2 else hv, x, batch)
 
-    def taylor(self, x, batch, rule="sam", rho=0.0, order=2, eigvec=None, components=False):
-        """g, ε = rule(g) and v^order (DESIGN §3.1) in closed form, each (*S, d)."""
+    def taylor(self, x, batch, rule="sam", rho=0.0, order=2, eigvec=None, components=False, generator=None):
+        """g, ε = rule(g) and v^order (docs/math.md §2) in closed form, each (*S, d)."""
         order = check_order(order)
         rho = check_nonnegative("rho", rho)
         rule = get_rule(rule)
@@ -194,7 +193,7 @@ class GLMProblem(Problem):
         if self.l2:
             g = g + self.l2 * x
         g = self._with_shape(g, x, batch)
-        eps = rule(g, eigvec, x=x)
+        eps = rule(g, eigvec, x=x, generator=generator)
         if order == 0:
             return TaylorVectors(v=g, g=g, eps=eps, order=0, rho=rho)
         ae = torch.einsum("...bd,...d->...b", a, eps)            # a_iᵀε, (*S, B)
@@ -273,8 +272,7 @@ def quadratic_problem(targets=(-1.0, 0.0, 0.5, 2.5), batch_size: int = 2, x0: fl
     """d = 1 least squares f_i = (c/2)(x − y_i)²: SGD is linear and its SDE an OU process.
 
     With ȳ the mean target and s² = Var_γ(ȳ_γ) over the C(n, B) minibatches, the SGD
-    SDE is dX = −c(X − ȳ) dt + √η c s dW (closed-form mean and variance; see
-    ``validation.linear``).
+    SDE is dX = −c(X − ȳ) dt + √η c s dW, with closed-form mean and variance.
     """
     y = torch.as_tensor(targets, dtype=DTYPE)
     c = math.sqrt(check_nonnegative("curvature", curvature))
@@ -294,38 +292,3 @@ def make_toy_problem(name: str) -> GLMProblem:
     """A named toy problem (see ``TOY_PROBLEMS``)."""
     check_choice("problem", name, TOY_PROBLEMS)
     return TOY_PROBLEMS[name]()
-
-
-def _benchmark(M: int = 10_000, repeats: int = 5) -> dict:
-    """Seconds per exact SAM-SDE3 drift + diffusion evaluation (``drift_and_factor``) on M
-    trajectories of the ``logcosh`` problem: closed form against the generic autograd
-    path of ``FunctionProblem``, interleaved, best of ``repeats`` (the measurement quoted
-    in docs/weak_error.md)."""
-    import time
-
-    from sdesam.sde import SAMSDE3
-
-    problem = logcosh_problem()
-    y = problem.x0 + 0.1 * torch.randn(M, problem.dim, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
-    sdes = {"closed_form": SAMSDE3(problem, 0.01, 0.2, n_batches="exact"),
-            "autograd": SAMSDE3(problem.as_function_problem(), 0.01, 0.2, n_batches="exact")}
-    times = {k: [] for k in sdes}
-    for i in range(repeats + 1):
-        for k, sde in sdes.items():
-            sde._cache = None
-            t0 = time.perf_counter()
-            sde.drift_and_factor(0.0, y)
-            if i:                                              # the first round warms up
-                times[k].append(time.perf_counter() - t0)
-    out = {k: min(v) for k, v in times.items()}
-    out["speedup"] = out["autograd"] / out["closed_form"]
-    out["M"], out["n_minibatches"] = M, problem.num_minibatches()
-    return out
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-    if len(sys.argv) > 1:
-        torch.set_num_threads(int(sys.argv[1]))
-    print(json.dumps({"torch_threads": torch.get_num_threads(), **_benchmark()}, indent=2))

@@ -1,0 +1,49 @@
+"""Cost of the toy problems' closed-form oracles against the generic autograd path.
+
+    python -m benchmarks.toys [threads]
+
+Seconds per exact SAM-SDE3 drift + diffusion evaluation on M trajectories of the
+``logcosh`` toy, closed form (``sdesam.toys.GLMProblem``) against ``FunctionProblem``'s
+autograd, interleaved, best of the repeats; prints one JSON object.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from sdesam.toys import DTYPE, logcosh_problem
+
+
+def _benchmark(M: int = 10_000, repeats: int = 5) -> dict:
+    """Seconds per exact SAM-SDE3 drift + diffusion evaluation (``drift_and_factor``) on M
+    trajectories of the ``logcosh`` problem: closed form against the generic autograd
+    path of ``FunctionProblem``, interleaved, best of ``repeats`` (the measurement quoted
+    in docs/results/weak_error.md)."""
+    import time
+
+    from sdesam.sde import SAMSDE3
+
+    problem = logcosh_problem()
+    y = problem.x0 + 0.1 * torch.randn(M, problem.dim, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    sdes = {"closed_form": SAMSDE3(problem, 0.01, 0.2, n_batches="exact"),
+            "autograd": SAMSDE3(problem.as_function_problem(), 0.01, 0.2, n_batches="exact")}
+    times = {k: [] for k in sdes}
+    for i in range(repeats + 1):
+        for k, sde in sdes.items():
+            sde._cache = None
+            t0 = time.perf_counter()
+            sde.drift_and_factor(0.0, y)
+            if i:                                              # the first round warms up
+                times[k].append(time.perf_counter() - t0)
+    out = {k: min(v) for k, v in times.items()}
+    out["speedup"] = out["autograd"] / out["closed_form"]
+    out["M"], out["n_minibatches"] = M, problem.num_minibatches()
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        torch.set_num_threads(int(sys.argv[1]))
+    print(json.dumps({"torch_threads": torch.get_num_threads(), **_benchmark()}, indent=2))

@@ -1,0 +1,150 @@
+"""The dynamics by name: ``make_dynamics(name, problem, **hyperparameters)``.
+
+One table (``REGISTRY``) lists every dynamics with its class, the arguments its name
+fixes, the hyperparameters it takes and one line of description; ``DYNAMICS`` and the
+help of ``make_dynamics`` are derived from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import discrete, rules, sde, updates
+from .dynamics import Dynamics
+from .problem import Problem
+
+__all__ = ["REGISTRY", "DYNAMICS", "DynamicsEntry", "make_dynamics"]
+
+_SDE_OPTIONS = ("n_batches", "substeps", "correct_drift_noise", "diffusion", "antithetic", "solver", "seed")
+_RULE_OPTIONS = ("rule", "update", "micro_batches")
+_EIG_OPTIONS = ("eig_method", "eig_tol", "eig_max_iters", "max_dense_dim")
+
+
+@dataclass(frozen=True)
+class DynamicsEntry:
+    """One named dynamics.
+
+    Attributes:
+        build: the ``Dynamics`` class, or a function ``build(problem, **hyperparameters)``.
+        summary: one line for the help.
+        hyperparameters: the keyword arguments it accepts (``eta`` always).
+        kind: ``"discrete"`` or ``"sde"``.
+    """
+
+    build: object
+    summary: str
+    hyperparameters: tuple[str, ...]
+    kind: str
+
+    @property
+    def takes_rule(self) -> bool:
+        return "rule" in self.hyperparameters
+
+
+def _rule_method(rule_cls, param: str | None = None):
+    """A builder of ``DiscreteSAM`` with the rule ``rule_cls`` (its one hyperparameter ``param``)."""
+    def build(problem, eta, rho, update=None, micro_batches=1, **rule_kwargs):
+        return discrete.DiscreteSAM(problem, eta, rho, rule=rule_cls(**rule_kwargs), update=update,
+                                    micro_batches=micro_batches)
+    build.__name__ = f"build_{rule_cls.name}"
+    return build, ("eta", "rho", "update", "micro_batches") + ((param,) if param else ())
+
+
+def _update_method(update_cls, param: str):
+    """A builder of ``DiscreteSAM`` with the update map ``update_cls`` (hyperparameter ``param``)."""
+    def build(problem, eta, rho, rule="sam", micro_batches=1, **update_kwargs):
+        return discrete.DiscreteSAM(problem, eta, rho, rule=rule, update=update_cls(**update_kwargs),
+                                    micro_batches=micro_batches)
+    build.__name__ = f"build_{update_cls.name}"
+    return build, ("eta", "rho", "rule", "micro_batches", param)
+
+
+def _entry(built, summary, kind="discrete"):
+    build, hyper = built
+    return DynamicsEntry(build, summary, hyper, kind)
+
+
+def _sde(cls, summary, extra=(), rule=True, rho=True):
+    return DynamicsEntry(cls, summary, ("eta",) + (("rho",) if rho else ()) + (_RULE_OPTIONS if rule else ())
+                         + tuple(extra) + _SDE_OPTIONS, "sde")
+
+
+REGISTRY: dict[str, DynamicsEntry] = {
+    "sgd": DynamicsEntry(discrete.DiscreteSGD, "SGD, x ← x − η g_γ", ("eta",), "discrete"),
+    "sam": DynamicsEntry(discrete.DiscreteSAM, "SAM (paper Eq. 1); any rule=, update=, and m-SAM with micro_batches=m",
+                         ("eta", "rho") + _RULE_OPTIONS, "discrete"),
+    "usam": _entry(_rule_method(rules.USAMRule), "unnormalised SAM, ε = g"),
+    "reverse_sam": _entry(_rule_method(rules.ReverseSAMRule), "Reverse-SAM, ε = −g/‖g‖ (Appendix A)"),
+    "asam": _entry(_rule_method(rules.ASAMRule, "xi"), "ASAM (Kwon et al. 2021), ε = T²g/‖Tg‖, T = |x| + ξ"),
+    "fisher_sam": _entry(_rule_method(rules.FisherSAMRule, "eta_f"),
+                         "Fisher-SAM (Kim et al. 2022), ε = F⁻¹g/√(gᵀF⁻¹g), F = 1 + η_F g²"),
+    "gsam": _entry(_update_method(updates.GSAMUpdate, "alpha"), "GSAM (Zhuang et al. 2022), Φ = p − α g⊥"),
+    "wsam": _entry(_update_method(updates.WSAMUpdate, "gamma"), "WSAM, Φ = g + γ/(1 − γ)(p − g)"),
+    "egr": DynamicsEntry(discrete.DiscreteEGR, "EGR, x ← x − η ∇[f_γ + ρ‖∇f_γ‖] (Appendix A)",
+                         ("eta", "rho"), "discrete"),
+    "eigen_sam": DynamicsEntry(discrete.DiscreteEigenSAM, "Eigen-SAM, Algorithms 1–2 with Eq. 7–8",
+                               ("eta", "rho", "alpha", "p", "q", "p_counting", "first_refresh", "renormalize",
+                                "steps_per_epoch"), "discrete"),
+    "ideal_eigen_sam": DynamicsEntry(discrete.IdealEigenSAM, "Eigen-SAM with an exact top eigenvector every step",
+                                     ("eta", "rho", "alpha", "eigvec_source", "hessian_subset") + _EIG_OPTIONS,
+                                     "discrete"),
+    "sam_svag": DynamicsEntry(discrete.SAMSVAG, "SAM-SVAG: l steps of η/l per η with two minibatches (l = 1: SAM)",
+                              ("eta", "rho", "l") + _RULE_OPTIONS, "discrete"),
+    "sgd_sde": _sde(sde.SGDSDE, "the SGD SDE (Li et al. 2017)", rule=False, rho=False),
+    "sam_sde2": _sde(sde.SAMSDE2, "second-order SAM SDE (Compagnoni et al. 2023, paper Eq. 3)"),
+    "sam_sde3": _sde(sde.SAMSDE3, "third-order SAM SDE (paper Eq. 4)"),
+    "untruncated_sam_sde": _sde(sde.UntruncatedSAMSDE, "the untruncated SAM SDE (SAM-SVAG's limit)"),
+    "aligned_sde5": _sde(sde.AlignedSDE5, "Corollary 4.1.1, Eq. 5 (∇λ₁ drift, Σ^SAM)", rule=False,
+                         extra=_EIG_OPTIONS + ("gap_rtol",)),
+    "aligned_sde6": _sde(sde.AlignedSDE6, "Corollary 4.1.1, Eq. 6 (s*λ₁v₁ and ∇λ₁ drift, Σ^SAM)", rule=False,
+                         extra=_EIG_OPTIONS + ("gap_rtol",)),
+    "eigen_sam_sde": _sde(sde.EigenSAMSDE, "the third-order SDE of ideal Eigen-SAM", rule=False,
+                          extra=("alpha", "eigvec_source", "hessian_subset") + _EIG_OPTIONS),
+}
+
+#: every dynamics name, in the registry's order
+DYNAMICS = tuple(REGISTRY)
+
+
+def make_dynamics(name: str, problem: Problem, **hyperparameters) -> Dynamics:
+    if name not in REGISTRY:
+        raise ValueError(f"dynamics must be one of {list(DYNAMICS)}, got {name!r}")
+    entry = REGISTRY[name]
+    unknown = sorted(set(hyperparameters) - set(entry.hyperparameters))
+    if unknown:
+        raise ValueError(f"{name!r} takes no {', '.join(unknown)}; it accepts {', '.join(entry.hyperparameters)}")
+    for required in ("eta", "rho"):
+        if required in entry.hyperparameters and required not in hyperparameters:
+            raise ValueError(f"{name!r} needs {required}")
+    return entry.build(problem, **hyperparameters)
+
+
+def _help() -> str:
+    width = max(map(len, REGISTRY))
+    lines = []
+    for kind, title in (("discrete", "Discrete methods"), ("sde", "SDEs")):
+        lines.append(f"{title}:")
+        for name, e in REGISTRY.items():
+            if e.kind == kind:
+                lines.append(f"    {name:<{width}}  {e.summary}")
+                lines.append(f"    {'':<{width}}  takes: {', '.join(e.hyperparameters)}")
+    return "\n".join(lines)
+
+
+make_dynamics.__doc__ = f"""Build a dynamics by name with its hyperparameters.
+
+    make_dynamics("sam_sde3", problem, eta=0.01, rho=0.2, n_batches=8, substeps=2)
+
+Args:
+    name: one of ``DYNAMICS`` (below).
+    problem: the ``Problem`` it runs on.
+    **hyperparameters: the keyword arguments the dynamics takes (below); ``eta`` always.
+        Every class's docstring describes its own (``help(sdesam.discrete.DiscreteSAM)``,
+        ``help(sdesam.sde.SAMFamilySDE)``). ``rule=`` is a ``PerturbationRule`` or a rule name,
+        ``update=`` an ``UpdateMap`` or an update name.
+
+Raises:
+    ValueError: an unknown name, a keyword the dynamics does not take (the message lists
+        the ones it accepts), or a bad value (named with its value).
+
+{_help()}
+"""
