@@ -319,12 +319,17 @@ class SAMSVAG(DiscreteSAM):
     def config(self):
         return {**super().config(), "l": self.l, "c1": self.c1, "c2": self.c2}
 
+    def increment(self, x: Tensor, batches: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One SVAG step's increment −(η/l)[c₁Φ_{γ₁}(x) + c₂Φ_{γ₂}(x)] for x (M, d) and the two
+        minibatches of each trajectory, batches (M, 2, B); shape (M, d)."""
+        phi = self.direction(x[:, None, :], batches, None, generator)
+        h = self.eta / self.l
+        return phi[:, 0] * (-h * self.c1) + phi[:, 1] * (-h * self.c2)
+
     def _step(self, state):
         if self.l == 1:
             return super()._step(state)
-        h = self.eta / self.l
         self._current_step = state.step
         for j in range(self.l):
             batches = step_batches(self.problem, state, substep=j, per_trajectory=2)     # (M, 2, B)
-            phi = self.direction(state.x[:, None, :], batches, None, self.rule_generator(state, j))
-            state.x.add_(phi[:, 0], alpha=-h * self.c1).add_(phi[:, 1], alpha=-h * self.c2)
+            state.x.add_(self.increment(state.x, batches, self.rule_generator(state, j)))

@@ -20,7 +20,7 @@ point x and for a grid of ρ this module measures
 Standard errors and slope intervals come from the jackknife over G groups of minibatches
 (the same minibatches at every ρ, so the slope's interval accounts for that pairing).
 With ``n_batches="exact"`` (enumerable toys) every expectation is the exact mean over all
-minibatches and no U-statistic correction is applied.
+minibatches: no U-statistic correction, standard errors 0, slopes without an interval.
 """
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def _fit(rhos: np.ndarray, values: np.ndarray, se: np.ndarray, leave_out: np.nda
 def moment_test(problem: Problem, x: Tensor, rhos: Sequence[float], *, rule="sam", update=None,
                 micro_batches: int = 1, eigvec: Tensor | None = None,
                 models: Mapping[str, tuple[float, float]] | None = None, n_batches: int | str = 1000,
-                chunk: int = 32, projections: int = 16, groups: int = 10, seed: int = 0) -> MomentTest:
+                chunk: int = 32, projections: int | Tensor = 16, groups: int = 10, seed: int = 0) -> MomentTest:
     """Measure the one-step drift and covariance mismatches at x for every ρ and model.
 
     Args:
@@ -153,7 +153,8 @@ def moment_test(problem: Problem, x: Tensor, rhos: Sequence[float], *, rule="sam
             default ``TAYLOR_MODELS`` (SGD-SDE, SAM-SDE2, SAM-SDE3).
         n_batches: N minibatches (i.i.d. uniform, from ``seed``), or ``"exact"`` (all of them).
         chunk: minibatches per batched oracle call (memory ∝ chunk · d).
-        projections: r ≥ 2 random Gaussian directions of the covariance sketch.
+        projections: r ≥ 2 random Gaussian directions of the covariance sketch (drawn from
+            ``seed``), or the directions themselves as a (d, r) matrix Z.
         groups: G ≥ 2 jackknife groups of minibatches.
         seed: keys the minibatches, the projections and a sampling rule's draws.
     """
@@ -169,7 +170,13 @@ def moment_test(problem: Problem, x: Tensor, rhos: Sequence[float], *, rule="sam
     models = dict(TAYLOR_MODELS if models is None else models)
     if not models:
         raise ValueError("models must name at least one model")
-    r = check_int("projections", projections, 2)
+    if isinstance(projections, Tensor):
+        if projections.dim() != 2 or projections.shape[0] != problem.dim or projections.shape[1] < 2:
+            raise ValueError(f"projections must be a (d, r) matrix with d={problem.dim}, r >= 2, "
+                             f"got shape {tuple(projections.shape)}")
+        r = projections.shape[1]
+    else:
+        r = check_int("projections", projections, 2)
     G = check_int("groups", groups, 2)
     chunk = check_int("chunk", chunk, 1)
     exact = n_batches == "exact"
@@ -180,7 +187,9 @@ def moment_test(problem: Problem, x: Tensor, rhos: Sequence[float], *, rule="sam
         raise ValueError(f"{N} minibatches cannot form groups={G} jackknife groups")
     micro = problem.with_batch_size(problem.batch_size // m) if m > 1 else problem
     dtype, device, d = problem.dtype, problem.device, problem.dim
-    Z = torch.randn(d, r, generator=seeded_generator(seed, STREAM_SKETCH, 0), dtype=torch.float64).to(device, dtype)
+    Z = projections if isinstance(projections, Tensor) else torch.randn(
+        d, r, generator=seeded_generator(seed, STREAM_SKETCH, 0), dtype=torch.float64)
+    Z = Z.to(device, dtype)
     x = x.detach().to(device, dtype)
     names = list(models)
     nR, nM = len(rhos), len(names)
@@ -234,10 +243,12 @@ def moment_test(problem: Problem, x: Tensor, rhos: Sequence[float], *, rule="sam
         own = (S.double() ** 2).sum(-1).cpu().numpy()                          # ‖S_g‖²
         Qt = Q.sum(0)
         shape = (-1,) + (1,) * (Q.ndim - 1)
-        u = _u_square(full_sq, Qt, N, exact)
+
+        def u_norm(sq, q, n):          # ‖E q‖² from ‖Σq‖² and Σ‖q‖² over n samples (U-statistic)
+            return sq / n ** 2 if exact else (sq - q) / (n * (n - 1))
+        u = u_norm(full_sq, Qt, N)
         loo_sq = full_sq[None] - 2 * dots + own
-        n_loo = (N - n_g).reshape(shape)
-        u_loo = _u_square(loo_sq, Qt[None] - Q, n_loo, exact)
+        u_loo = u_norm(loo_sq, Qt[None] - Q, (N - n_g).reshape(shape))
         return np.sqrt(np.maximum(u, 0)), np.sqrt(np.maximum(u_loo, 0))
 
     drift, drift_loo = vec_norms(S_d, Q_d)
@@ -267,13 +278,17 @@ def moment_test(problem: Problem, x: Tensor, rhos: Sequence[float], *, rule="sam
             cov[i, j] = cov_frob(proj_p[:, i], proj_w[:, i, j], all_mask)
             for g in range(G):
                 cov_loo[g, i, j] = cov_frob(proj_p[:, i], proj_w[:, i, j], group_of != g)
-    drift_se = _jackknife(drift, drift_loo)
-    cov_se = _jackknife(cov, cov_loo)
+    if exact:       # exact expectations: no sampling error, and no jackknife replicates to speak of
+        drift_se, cov_se, drift_loo, cov_loo = np.zeros_like(drift), np.zeros_like(cov), None, None
+    else:
+        drift_se, cov_se = _jackknife(drift, drift_loo), _jackknife(cov, cov_loo)
     slopes = {}
     for j, name in enumerate(names):
         theory = float(THEORY_SLOPES.get(name, np.nan))
-        slopes[name] = {"drift": _fit(rhos, drift[:, j], drift_se[:, j], drift_loo[:, :, j], theory),
-                        "cov": _fit(rhos, cov[:, j], cov_se[:, j], cov_loo[:, :, j], theory)}
+        slopes[name] = {"drift": _fit(rhos, drift[:, j], drift_se[:, j],
+                                      None if drift_loo is None else drift_loo[:, :, j], theory),
+                        "cov": _fit(rhos, cov[:, j], cov_se[:, j], None if cov_loo is None else cov_loo[:, :, j],
+                                    theory)}
     tiny = np.finfo(float).tiny
     config = {"rule": rule.config(), "update": update.config(), "micro_batches": m, "n_batches": "exact" if exact else N,
               "projections": r, "groups": G, "chunk": chunk, "seed": seed, "models": {k: list(v) for k, v in models.items()},

@@ -40,27 +40,32 @@ class DynamicsEntry:
         return "rule" in self.hyperparameters
 
 
-def _rule_method(rule_cls, param: str | None = None):
-    """A builder of ``DiscreteSAM`` with the rule ``rule_cls`` (its one hyperparameter ``param``)."""
-    def build(problem, eta, rho, update=None, micro_batches=1, **rule_kwargs):
-        return discrete.DiscreteSAM(problem, eta, rho, rule=rule_cls(**rule_kwargs), update=update,
-                                    micro_batches=micro_batches)
-    build.__name__ = f"build_{rule_cls.name}"
-    return build, ("eta", "rho", "update", "micro_batches") + ((param,) if param else ())
+def _asam(problem, eta, rho, xi=0.0, update=None, micro_batches=1):
+    return discrete.DiscreteSAM(problem, eta, rho, rules.ASAMRule(xi), update, micro_batches)
 
 
-def _update_method(update_cls, param: str):
-    """A builder of ``DiscreteSAM`` with the update map ``update_cls`` (hyperparameter ``param``)."""
-    def build(problem, eta, rho, rule="sam", micro_batches=1, **update_kwargs):
-        return discrete.DiscreteSAM(problem, eta, rho, rule=rule, update=update_cls(**update_kwargs),
-                                    micro_batches=micro_batches)
-    build.__name__ = f"build_{update_cls.name}"
-    return build, ("eta", "rho", "rule", "micro_batches", param)
+def _fisher_sam(problem, eta, rho, eta_f=1.0, update=None, micro_batches=1):
+    return discrete.DiscreteSAM(problem, eta, rho, rules.FisherSAMRule(eta_f), update, micro_batches)
 
 
-def _entry(built, summary, kind="discrete"):
-    build, hyper = built
-    return DynamicsEntry(build, summary, hyper, kind)
+def _usam(problem, eta, rho, update=None, micro_batches=1):
+    return discrete.DiscreteSAM(problem, eta, rho, rules.USAMRule(), update, micro_batches)
+
+
+def _reverse_sam(problem, eta, rho, update=None, micro_batches=1):
+    return discrete.DiscreteSAM(problem, eta, rho, rules.ReverseSAMRule(), update, micro_batches)
+
+
+def _gsam(problem, eta, rho, alpha=0.1, rule="sam", micro_batches=1):
+    return discrete.DiscreteSAM(problem, eta, rho, rule, updates.GSAMUpdate(alpha), micro_batches)
+
+
+def _wsam(problem, eta, rho, gamma=0.9, rule="sam", micro_batches=1):
+    return discrete.DiscreteSAM(problem, eta, rho, rule, updates.WSAMUpdate(gamma), micro_batches)
+
+
+def _discrete(build, summary, hyperparameters):
+    return DynamicsEntry(build, summary, hyperparameters, "discrete")
 
 
 def _sde(cls, summary, extra=(), rule=True, rho=True):
@@ -72,13 +77,16 @@ REGISTRY: dict[str, DynamicsEntry] = {
     "sgd": DynamicsEntry(discrete.DiscreteSGD, "SGD, x ← x − η g_γ", ("eta",), "discrete"),
     "sam": DynamicsEntry(discrete.DiscreteSAM, "SAM (paper Eq. 1); any rule=, update=, and m-SAM with micro_batches=m",
                          ("eta", "rho") + _RULE_OPTIONS, "discrete"),
-    "usam": _entry(_rule_method(rules.USAMRule), "unnormalised SAM, ε = g"),
-    "reverse_sam": _entry(_rule_method(rules.ReverseSAMRule), "Reverse-SAM, ε = −g/‖g‖ (Appendix A)"),
-    "asam": _entry(_rule_method(rules.ASAMRule, "xi"), "ASAM (Kwon et al. 2021), ε = T²g/‖Tg‖, T = |x| + ξ"),
-    "fisher_sam": _entry(_rule_method(rules.FisherSAMRule, "eta_f"),
-                         "Fisher-SAM (Kim et al. 2022), ε = F⁻¹g/√(gᵀF⁻¹g), F = 1 + η_F g²"),
-    "gsam": _entry(_update_method(updates.GSAMUpdate, "alpha"), "GSAM (Zhuang et al. 2022), Φ = p − α g⊥"),
-    "wsam": _entry(_update_method(updates.WSAMUpdate, "gamma"), "WSAM, Φ = g + γ/(1 − γ)(p − g)"),
+    "usam": _discrete(_usam, "unnormalised SAM, ε = g", ("eta", "rho", "update", "micro_batches")),
+    "reverse_sam": _discrete(_reverse_sam, "Reverse-SAM, ε = −g/‖g‖ (Appendix A)",
+                             ("eta", "rho", "update", "micro_batches")),
+    "asam": _discrete(_asam, "ASAM (Kwon et al. 2021), ε = T²g/‖Tg‖, T = |x| + ξ",
+                      ("eta", "rho", "xi", "update", "micro_batches")),
+    "fisher_sam": _discrete(_fisher_sam, "Fisher-SAM (Kim et al. 2022), ε = F⁻¹g/√(gᵀF⁻¹g), F = 1 + η_F g²",
+                            ("eta", "rho", "eta_f", "update", "micro_batches")),
+    "gsam": _discrete(_gsam, "GSAM (Zhuang et al. 2022), Φ = p − α g⊥", ("eta", "rho", "alpha", "rule",
+                                                                          "micro_batches")),
+    "wsam": _discrete(_wsam, "WSAM, Φ = g + γ/(1 − γ)(p − g)", ("eta", "rho", "gamma", "rule", "micro_batches")),
     "egr": DynamicsEntry(discrete.DiscreteEGR, "EGR, x ← x − η ∇[f_γ + ρ‖∇f_γ‖] (Appendix A)",
                          ("eta", "rho"), "discrete"),
     "eigen_sam": DynamicsEntry(discrete.DiscreteEigenSAM, "Eigen-SAM, Algorithms 1–2 with Eq. 7–8",

@@ -104,6 +104,14 @@ class SAMFamilySDE(Dynamics):
     supplies_eigenvector = False
     #: whether the drift needs the components h, t of the Taylor vectors (``AlignedSDE``)
     taylor_components = False
+    #: keyword arguments of ``SAMFamilySDE`` that a subclass fixes itself and refuses
+    fixed_keywords: tuple[str, ...] = ()
+
+    @classmethod
+    def _refuse_fixed(cls, kwargs: dict) -> None:
+        given = [k for k in cls.fixed_keywords if k in kwargs]
+        if given:
+            raise ValueError(f"{cls.__name__} fixes {', '.join(given)} itself: it takes no {', '.join(given)}")
 
     def __init__(self, problem: Problem, eta: float, rho: float = 0.0, order: int | str = 2, *,
                  rule="sam", update=None, micro_batches: int = 1, n_batches: int | str = 8, substeps: int = 1,
@@ -325,10 +333,10 @@ class SAMFamilySDE(Dynamics):
 class SGDSDE(SAMFamilySDE):
     """SGD SDE (Li et al. 2017): drift −∇f, diffusion Σ¹¹ (no ρ, no rule)."""
 
+    fixed_keywords = ("rho", "rule", "update", "micro_batches")
+
     def __init__(self, problem, eta, **kwargs):
-        for key in ("rho", "rule", "update", "micro_batches"):
-            if key in kwargs:
-                raise ValueError(f"sgd_sde models SGD: it takes no {key}")
+        self._refuse_fixed(kwargs)
         super().__init__(problem, eta, 0.0, order=0, **kwargs)
 
 
@@ -397,13 +405,12 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
     """
 
     taylor_components = True
+    fixed_keywords = ("rule", "update", "micro_batches")
 
     def __init__(self, problem: Problem, eta: float, rho: float, *, form: str = "eq5", eig_method: str = "auto",
                  eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int = MAX_DENSE_DIM,
                  gap_rtol: float = 1e-3, **kwargs):
-        for key in ("rule", "update", "micro_batches"):
-            if key in kwargs:
-                raise ValueError(f"the aligned SDEs are SAM's (Corollary 4.1.1): they take no {key}")
+        self._refuse_fixed(kwargs)
         super().__init__(problem, eta, rho, order=2, rule="sam", **kwargs)
         self.form = check_choice("form", form, {"eq5", "eq6"})
         self._init_eigensolver(eig_method, eig_tol, eig_max_iters, max_dense_dim, eigvec_source="minibatch")
@@ -487,13 +494,12 @@ class EigenSAMSDE(EigenSolverMixin, SAMFamilySDE):
     """
 
     supplies_eigenvector = True
+    fixed_keywords = ("rule", "update", "micro_batches")
 
     def __init__(self, problem: Problem, eta: float, rho: float, alpha: float = 0.2, *,
                  eigvec_source: str = "full", hessian_subset: Tensor | None = None, eig_method: str = "auto",
                  eig_tol: float = 1e-3, eig_max_iters: int = 100, max_dense_dim: int = MAX_DENSE_DIM, **kwargs):
-        for key in ("rule", "update", "micro_batches"):
-            if key in kwargs:
-                raise ValueError(f"eigen_sam_sde sets its own rule (Eigen-SAM with alpha): it takes no {key}")
+        self._refuse_fixed(kwargs)
         super().__init__(problem, eta, rho, order=2, rule=EigenSAMRule(alpha), **kwargs)
         self._init_eigensolver(eig_method, eig_tol, eig_max_iters, max_dense_dim,
                                eigvec_source=eigvec_source, hessian_subset=hessian_subset)

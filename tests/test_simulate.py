@@ -59,3 +59,35 @@ def test_checkpointed_run_resumes_exactly(tmp_path):
     other = make_dynamics("eigen_sam", problem, eta=0.1, rho=0.3, p=2, q=2)
     with pytest.raises(ValueError, match="another configuration"):
         run_trajectory(other, steps=[0, 2], metrics=metrics_of(problem), seed=3, checkpoint=ckpt)
+
+
+def test_a_rerun_into_the_same_file_resumes_by_key_and_another_configuration_is_refused(tmp_path):
+    problem = logcosh_problem()
+    out = tmp_path / "records.csv"
+    dyns = [make_dynamics("sam", problem, eta=0.1, rho=0.2)]
+    first = simulate(dyns, steps=4, record_every=2, metrics=metrics_of(problem), seeds=[0], out=out, progress=False)
+    cfg = (tmp_path / "records.csv.json").read_text()
+    assert '"rho": 0.2' in cfg and '"rule": "sam"' in cfg
+    again = simulate(dyns, steps=4, record_every=2, metrics=metrics_of(problem), seeds=[0, 1], out=out,
+                     progress=False)
+    rows = read_records(out)
+    keys = [(r["dynamics"], r["seed"], r["step"], r["metric"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * 3 * 2                # seed 0 not written twice
+    assert [r for r in again if r["seed"] == 0] == first
+    other = [make_dynamics("sam", problem, eta=0.05, rho=0.2)]
+    with pytest.raises(ValueError, match=r"records.csv holds records of another configuration \(see "
+                                         r"records.csv.json; differs in dynamics\)"):
+        simulate(other, steps=4, record_every=2, metrics=metrics_of(problem), out=out, progress=False)
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        simulate(dyns, steps=4, record_every=2, metrics=metrics_of(problem), seeds=[1, 1], progress=False)
+
+
+def test_two_dynamics_of_one_name_need_labels():
+    problem = logcosh_problem()
+    a = make_dynamics("asam", problem, eta=0.1, rho=0.2, xi=0.0)
+    b = make_dynamics("asam", problem, eta=0.1, rho=0.2, xi=0.1)
+    with pytest.raises(ValueError, match=r"two dynamics are both named 'asam' .* pass a mapping"):
+        simulate([a, b], steps=2, record_every=1, metrics=metrics_of(problem), progress=False)
+    recs = simulate({"asam_xi0": a, "asam_xi0.1": b}, steps=2, record_every=1, metrics=metrics_of(problem),
+                    progress=False)
+    assert {r["dynamics"] for r in recs} == {"asam_xi0", "asam_xi0.1"}
