@@ -1,11 +1,12 @@
 """Cost of the oracles and of one step of each dynamics, in units of one plain gradient.
 
 Run:  python -m benchmarks.oracles [--batch-size 128] [--n-batches 8] [--repeats 30]
-      [--block-sizes 1,16,64,256] [--block-repeats 5]
+      [--examples 4096] [--block-sizes 1,16,64,256] [--block-repeats 5]
 
 "One gradient" is the plain PyTorch gradient of the same ``nn.Module`` on the same
 minibatch (``torch.autograd.grad`` of ``loss`` on its parameters), as DESIGN §3.1
-asks. Model: the paper's MLP 784-784-10 with GeLU. Data: MNIST when it is available
+asks. Model: the paper's MLP 784-784-10 with GeLU. Data: the first ``--examples``
+(default 4,096; at least the batch size) MNIST training images when MNIST is available
 locally (``--data-dir``), else random tensors of MNIST's shape (the cost does not
 depend on the pixel values; the output says which was used). Every figure is the
 median of ``--repeats`` timed calls after warm-up, all measured in one run, and the
@@ -35,6 +36,8 @@ from benchmarks.timing import median_seconds
 from sdesam.registry import make_dynamics
 from sdesam.problem import ModuleProblem
 
+DEFAULT_EXAMPLES = 4096     #: MNIST-shaped training examples of ``paper_mlp`` (``--examples``)
+
 
 def _mnist_like(n: int, data_dir, seed: int):
     try:
@@ -47,15 +50,15 @@ def _mnist_like(n: int, data_dir, seed: int):
         return torch.rand(n, 784, generator=g), torch.randint(10, (n,), generator=g), "synthetic (MNIST shapes)"
 
 
-def paper_mlp(batch_size: int, data_dir, device: torch.device):
-    """The benchmarks' problem: the paper's MLP 784-784-10 (GeLU) on 4,096 MNIST training
-    images (MNIST-shaped noise when MNIST is absent), initialised from seed 0.
+def paper_mlp(batch_size: int, data_dir, device: torch.device, examples: int = DEFAULT_EXAMPLES):
+    """The benchmarks' problem: the paper's MLP 784-784-10 (GeLU) on the first ``examples``
+    MNIST training images (MNIST-shaped noise when MNIST is absent), initialised from seed 0.
 
     Returns (model, problem, plain_gradient, (X, Y, source)): ``plain_gradient()`` takes
     ``torch.autograd.grad`` of the module's loss on the first minibatch (the unit of every
     ratio), ``source`` says which data were used."""
     torch.manual_seed(0)
-    X, Y, source = _mnist_like(4096, data_dir, 0)
+    X, Y, source = _mnist_like(examples, data_dir, 0)
     model = nn.Sequential(nn.Linear(784, 784), nn.GELU(), nn.Linear(784, 10)).to(device)
     problem = ModuleProblem(model, "cross_entropy", X, Y, batch_size, device=device)
     params = list(model.parameters())
@@ -72,17 +75,21 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--n-batches", type=int, default=8, help="K minibatches per SDE step")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES,
+                    help=f"MNIST-shaped training examples to load (default {DEFAULT_EXAMPLES}; at least --batch-size)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--block-sizes", default="1,16,64,256", help="M·K values for the block lines ('' skips them)")
     ap.add_argument("--block-repeats", type=int, default=5)
     args = ap.parse_args(argv)
+    if args.examples < args.batch_size:
+        ap.error(f"--examples must be at least --batch-size ({args.batch_size}), got {args.examples}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     B = args.batch_size
-    model, problem, plain_gradient, (X, Y, source) = paper_mlp(B, args.data_dir, device)
+    model, problem, plain_gradient, (X, Y, source) = paper_mlp(B, args.data_dir, device, args.examples)
     generic = ModuleProblem(model, "cross_entropy", X, Y, B, device=device, oracle="autograd")
     batch = torch.arange(B, device=device)[None]
     x = problem.x0
@@ -130,6 +137,7 @@ def main(argv=None):
         print(f"{name:<44}{sec * 1e3:>10.3f}{sec / g:>12.2f}")
     result = {
         "benchmark": "oracles", "model": "mlp-784-784-10-gelu", "batch_size": B, "n_batches": args.n_batches,
+        "examples": X.shape[0],
         "data": source, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "gradient_ms": g * 1e3,
         "v2_over_gradient": t["v2_sample"] / g,

@@ -3,7 +3,7 @@
     python -m figures.appendix_a               # quick default (CPU, minutes)
     python -m figures.appendix_a --full        # the paper's configuration (GPUs)
 
-Three methods trained by the project's trainer with the same settings (DESIGN §3.3):
+Three methods trained by the project's trainer with the same settings (docs/math.md §3):
 SAM x ← x − η∇f_γ(x + ρ g/‖g‖); Reverse-SAM x ← x − η∇f_γ(x − ρ g/‖g‖) (the sign of the
 ascent flipped: a theory driven by the quadratic term alone predicts no difference);
 EGR x ← x − η∇[f_γ + ρ‖∇f_γ‖] with coefficient ρ (what the second-order SDE says SAM

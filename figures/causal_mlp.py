@@ -34,27 +34,25 @@ rerunning with the same ``--out`` resumes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from sdesam._progress import progress as progress_bar
+from sdesam.atomic import atomic_write_text
 from sdesam.curvature import alignment
+from sdesam.experiment import command, jsonable
 from sdesam.registry import make_dynamics
 from sdesam.eigenpairs import minibatch_top_eigenpairs
 from sdesam.metrics import FIGURE2_METRICS, ClassificationMetrics
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, record_steps, run_trajectory
 
 from . import figure2
-from sdesam.parallel import resolve_device
 
-from .common import check_counts, save_figure, write_json_atomic, write_summary
 
 DISCRETE = ("sam", "eigen_sam", "ideal_eigen_sam")
 SDES = ("sam_sde3", "aligned_sde5", "aligned_sde6", "eigen_sam_sde")
@@ -76,7 +74,7 @@ class Config:
     alpha: float = 0.2
     p: int = 10
     q: int = 5
-    seeds: int = 3
+    seeds: tuple = (0, 1, 2)
     steps: int = 40
     record_every: int = 20
     batch_size: int = 128
@@ -86,6 +84,7 @@ class Config:
     eig_max_iters: int = 60
     full_hessian_examples: int = 256
     hessian_examples: int = 1024
+    probe_minibatches: int = 3
     metric_eig_tol: float = 1e-3
     init_seed: int = 0
     dtype: str = "float32"
@@ -93,13 +92,28 @@ class Config:
 
     @classmethod
     def full(cls) -> "Config":
-        return cls(seeds=5, steps=500, record_every=50, n_batches=8, eig_tol=1e-3, eig_max_iters=100,
+        return cls(seeds=(0, 1, 2, 3, 4), steps=500, record_every=50, n_batches=8, eig_tol=1e-3, eig_max_iters=100,
                    full_hessian_examples=2048, hessian_examples=4096)
+
+    def validate(self) -> "Config":
+        from sdesam._checks import check_choice, check_int, check_positive
+        check_positive("eta", self.eta)
+        check_positive("eig_tol", self.eig_tol)
+        check_choice("dtype", self.dtype, {"float32", "float64"})
+        check_int("n_batches (K, for a covariance)", self.n_batches, 2)
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must be distinct integers >= 0, got {list(self.seeds)}")
+        return self
+
+
+def full_hessian_subset(cfg: Config, problem):
+    """The fixed training examples whose Hessian stands in for the full-batch Hessian."""
+    gen = torch.Generator().manual_seed(cfg.init_seed + 1)
+    return torch.randperm(problem.n_train, generator=gen)[:cfg.full_hessian_examples].to(problem.device)
 
 
 def make_all_dynamics(cfg: Config, problem) -> list:
-    gen = torch.Generator().manual_seed(cfg.init_seed + 1)
-    subset = torch.randperm(problem.n_train, generator=gen)[:cfg.full_hessian_examples].to(problem.device)
+    subset = full_hessian_subset(cfg, problem)
     eig = {"eig_method": "lanczos", "eig_tol": cfg.eig_tol, "eig_max_iters": cfg.eig_max_iters}
     sde = {"n_batches": cfg.n_batches, "substeps": cfg.substeps}
     kwargs = {"sam": {}, "eigen_sam": {"alpha": cfg.alpha, "p": cfg.p, "q": cfg.q},
@@ -110,27 +124,54 @@ def make_all_dynamics(cfg: Config, problem) -> list:
 
 
 class AlignmentProbe:
-    """Align(ε_γ, v₁(H_γ)) of the perturbation a discrete method uses, measured at the
-    steps just before the recorded ones (a Lanczos run there), through the method's
-    ``observer`` hook: the method's own rule and eigenvector estimate are what is measured."""
+    """Assumption B.2 and the alignment, measured on a discrete method's own perturbations.
 
-    def __init__(self, dyn, steps, tol: float, max_iters: int):
+    At the steps just before the recorded ones, through the method's ``observer`` hook (the
+    method's own rule and eigenvector estimate): for the step's minibatch γ and
+    ``extra`` more minibatches drawn from the probe's own stream, the top two eigenpairs of
+    each H_γ and of the Hessian over the fixed ``subset`` (the full-batch Hessian's
+    stand-in), by batched Lanczos; records Align(ε_γ, v₁(H_γ)) of the step's perturbation
+    (``alignment``, the record) and keeps every sample (``samples``): the relative gaps
+    (λ₁ − λ₂)/‖H‖ of the minibatch and subset Hessians, and Align(u_γ, v₁) for both, with
+    u_γ = g_γ/‖g_γ‖ of each minibatch."""
+
+    def __init__(self, dyn, steps, tol: float, max_iters: int, subset_problem, extra: int = 3):
         self.dyn, self.wanted = dyn, {k - 1 for k in steps if k > 0}
         self.tol, self.max_iters = tol, max_iters
+        self.sub, self.extra = subset_problem, extra
         self.value = math.nan
+        self.samples: list[dict] = []
         dyn.observer = self._observe
 
     def _observe(self, step, x, batch, eps):
-        if step in self.wanted:
-            p = self.dyn.problem
-            gen = torch.Generator(device=p.device).manual_seed(step)
-            v1 = minibatch_top_eigenpairs(p, x[0], batch[0], method="lanczos", tol=self.tol,
-                                          max_iters=self.max_iters, generator=gen).vector
-            self.value = float(alignment(eps[0], v1))
+        if step not in self.wanted:
+            return
+        p = self.dyn.problem
+        gen = torch.Generator().manual_seed(1_000_003 * (step + 1))
+        more = p.sample_batches(self.extra, gen) if self.extra else batch[:0, :]
+        batches = torch.cat([batch[:1], more.to(batch.device)])                          # (1 + extra, B)
+        xs = x[0]
+        mb = minibatch_top_eigenpairs(p, xs, batches, method="lanczos", tol=self.tol, max_iters=self.max_iters,
+                                      generator=gen)
+        every = torch.arange(self.sub.n_train, device=p.device)[None]
+        full = minibatch_top_eigenpairs(self.sub, xs, every, method="lanczos", tol=self.tol,
+                                        max_iters=self.max_iters, generator=gen)
+        g = p.gradient(xs, batches)
+        u = g / g.norm(dim=-1, keepdim=True)
+        self.value = float(alignment(eps[0], mb.vector[0]))
+        rel = lambda e: (e.gap / e.scale).tolist()                                       # noqa: E731
+        self.samples.append({
+            "step": step, "relative_gap_minibatch": rel(mb), "relative_gap_full": rel(full)[0],
+            "relative_residual_minibatch": (mb.residual / mb.scale).tolist(),
+            "relative_residual_full": float(full.residual[0] / full.scale[0]),
+            "align_minibatch": alignment(u, mb.vector).tolist(),
+            "align_full": alignment(u, full.vector[0].expand_as(u)).tolist(),
+            "align_eps_minibatch": self.value, "align_eps_full": float(alignment(eps[0], full.vector[0]))})
 
 
-def _metrics_for(dyn, base, steps, cfg):
-    probe = AlignmentProbe(dyn, steps, cfg.eig_tol, cfg.eig_max_iters) if dyn.name in DISCRETE else None
+def _metrics_for(dyn, base, steps, cfg, subset_problem):
+    probe = (AlignmentProbe(dyn, steps, cfg.eig_tol, cfg.eig_max_iters, subset_problem, cfg.probe_minibatches)
+             if dyn.name in DISCRETE else None)
 
     def measure(x):
         out = dict(base(x))
@@ -142,6 +183,7 @@ def _metrics_for(dyn, base, steps, cfg):
             out["eig_relative_gap_min"] = hist[-1]["relative_gap_min"]
             out["eig_relative_residual_max"] = hist[-1]["relative_residual_max"]
         return out
+    measure.probe = probe
     return measure
 
 
@@ -197,6 +239,63 @@ def answers(tables: dict, drops: dict) -> dict:
     return out
 
 
+def assumption_b2(runs: dict, tol: float) -> dict:
+    """The distribution of the probe's samples over every discrete run: quantiles of the
+    relative eigen-gaps of the minibatch and subset (full-batch) Hessians and of
+    Align(u_γ, v₁) for both, and how often a gap exceeds ``tol`` and the solve's residual
+    (v₁ then determined to that accuracy: ‖sin∠(ŷ, v₁)‖ ≤ residual/gap)."""
+    samples = [s for r in runs.values() for s in r.get("probe", [])]
+    if not samples:
+        return {}
+    mb = np.array([g for s in samples for g in s["relative_gap_minibatch"]])
+    mb_res = np.array([g for s in samples for g in s["relative_residual_minibatch"]])
+    full = np.array([s["relative_gap_full"] for s in samples])
+    full_res = np.array([s["relative_residual_full"] for s in samples])
+    al_mb = np.array([a for s in samples for a in s["align_minibatch"]])
+    al_full = np.array([a for s in samples for a in s["align_full"]])
+    q = [0.05, 0.25, 0.5, 0.75, 0.95]
+
+    def quant(v):
+        return dict(zip(map(str, q), np.quantile(v, q).tolist()))
+    return {"samples": len(samples), "minibatch_hessians": int(mb.size), "tol": tol,
+            "relative_gap_minibatch": quant(mb), "relative_gap_full": quant(full),
+            "align_minibatch": quant(al_mb), "align_full": quant(al_full),
+            "fraction_gap_resolved_minibatch": float(np.mean((mb > tol) & (mb > mb_res))),
+            "fraction_gap_resolved_full": float(np.mean((full > tol) & (full > full_res)))}
+
+
+def plot_b2(runs: dict, cfg: Config):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    samples = [s for r in runs.values() for s in r.get("probe", [])]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    series = {"minibatch Hessians H_γ": [g for s in samples for g in s["relative_gap_minibatch"]],
+              f"Hessian of {cfg.full_hessian_examples} training examples": [s["relative_gap_full"] for s in samples]}
+    for label, v in series.items():
+        v = np.sort(np.asarray(v))
+        axes[0].step(np.maximum(v, 1e-12), np.arange(1, v.size + 1) / v.size, where="post", label=label)
+    axes[0].axvline(cfg.eig_tol, color="gray", ls=":", label=f"eigen-solver tolerance {cfg.eig_tol:g}")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("relative eigen-gap (λ₁ − λ₂)/‖H‖")
+    axes[0].set_ylabel("fraction of samples ≤ x")
+    axes[0].set_title("Assumption B.2: is λ₁ simple?")
+    axes[0].legend(fontsize=7)
+    for label, key in (("v₁ of H_γ (its own minibatch)", "align_minibatch"),
+                       (f"v₁ of the {cfg.full_hessian_examples}-example Hessian", "align_full")):
+        v = np.sort(np.asarray([a for s in samples for a in s[key]]))
+        axes[1].step(v, np.arange(1, v.size + 1) / v.size, where="post", label=label)
+    axes[1].set_xlabel("Align(u_γ, v₁),  u_γ = g_γ/‖g_γ‖")
+    axes[1].set_title("alignment of SAM's direction with v₁")
+    axes[1].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"MLP 784-784-10 on MNIST, along the discrete runs ({len(samples)} probed steps, "
+                 f"{1 + cfg.probe_minibatches} minibatches each)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def format_tables(tables: dict) -> str:
     lines = []
     for ref, table in tables.items():
@@ -240,7 +339,7 @@ def plot(records: list[dict], cfg: Config, hessian_examples: int):
     axes.flat[-1].axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"MLP 784-784-10 GeLU on MNIST: η = {cfg.eta}, ρ = {cfg.rho}, α = {cfg.alpha}, B = {cfg.batch_size}, "
-                 f"K = {cfg.n_batches}, Lanczos tol {cfg.eig_tol}; mean ± 1 s.d. over {cfg.seeds} seeds")
+                 f"K = {cfg.n_batches}, Lanczos tol {cfg.eig_tol}; mean ± 1 s.d. over {len(cfg.seeds)} seeds")
     fig.tight_layout()
     return fig
 
@@ -248,25 +347,28 @@ def plot(records: list[dict], cfg: Config, hessian_examples: int):
 # ------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------
-def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress: bool = True,
-        collect: bool = False, only_seeds=None, reverse: bool = False) -> dict:
-    """Run (or continue) every (method, seed) pair and write the outputs; with ``collect``
-    only aggregate the pairs that have finished (the summary lists the missing ones); with
-    ``only_seeds`` run only those seeds (e.g. two processes on different seeds of one
-    ``out``) and aggregate whatever has finished."""
+def run(cfg: Config, output, opts) -> dict:
+    """Run (or continue) every (method, seed) pair and write the outputs; ``--collect`` only
+    aggregates the pairs that have finished (the summary lists the missing ones);
+    ``--only-seeds`` runs only those seeds (e.g. two processes on different seeds of one
+    ``--out``) and aggregates whatever has finished."""
+    args = opts.args
+    collect, only_seeds, reverse = args.collect, args.only_seeds, args.reverse
+    device, progress, data_dir = opts.device, opts.progress, opts.data_dir
+    out = output.path
     t_start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
-    figure2._check_resume(out, cfg)
     problem = figure2.load_problem(cfg, device, data_dir)
     base = ClassificationMetrics(problem, hessian_examples=cfg.hessian_examples, eig_tol=cfg.metric_eig_tol,
                                  seed=cfg.init_seed)
     dynamics = make_all_dynamics(cfg, problem)
+    subset_problem = problem.subproblem(full_hessian_subset(cfg, problem), cfg.full_hessian_examples,
+                                        name="full-batch Hessian subset")
     steps = record_steps(cfg.steps, cfg.record_every)
-    pairs = [(d, s) for s in range(cfg.seeds) for d in dynamics]      # seeds outermost: partial runs stay balanced
+    pairs = [(d, s) for s in cfg.seeds for d in dynamics]      # seeds outermost: partial runs stay balanced
     if reverse:                 # a second process on the same --out takes the pairs from the other end
         pairs = pairs[::-1]
-    bar = tqdm(total=len(pairs) * len(steps), desc="causal_mlp", unit="record", disable=not progress)
+    bar = progress_bar(len(pairs) * len(steps), desc="causal_mlp", unit="record", enabled=progress)
     runs, missing = {}, []
     try:
         for dyn, seed in pairs:
@@ -284,12 +386,14 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
             ckpt = out / "runs" / f"{run_id}.pt"
             if hasattr(dyn, "eigen_history"):
                 dyn.eigen_history.clear()
-            recs = run_trajectory(dyn, steps=steps, metrics=_metrics_for(dyn, base, steps, cfg), seed=seed,
+            measure = _metrics_for(dyn, base, steps, cfg, subset_problem)
+            recs = run_trajectory(dyn, steps=steps, metrics=measure, seed=seed,
                                   checkpoint=ckpt, on_record=lambda k: bar.update(1))
-            runs[run_id] = {"dynamics": dyn.name, "seed": seed, "config": _jsonable(dyn.config()),
+            runs[run_id] = {"dynamics": dyn.name, "seed": seed, "config": jsonable(dyn.config()),
                             "wall_seconds": time.perf_counter() - t0, "records": recs,
-                            "eigen_history": list(getattr(dyn, "eigen_history", []))}
-            write_json_atomic(runs[run_id], done)
+                            "eigen_history": list(getattr(dyn, "eigen_history", [])),
+                            "probe": measure.probe.samples if measure.probe is not None else []}
+            output.json(f"runs/{run_id}.json", runs[run_id])
             ckpt.unlink(missing_ok=True)
     finally:
         bar.close()
@@ -299,11 +403,14 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
     with RecordWriter(tmp) as w:
         w.write(records)
     tmp.replace(out / "records.csv")
-    save_figure(plot(records, cfg, base.config()["hessian_examples"]), out, "causal_mlp")
+    output.figure(plot(records, cfg, base.config()["hessian_examples"]), "causal_mlp")
+    b2 = assumption_b2(runs, cfg.eig_tol)
+    if b2:
+        output.figure(plot_b2(runs, cfg), "assumption_b2")
     tables = discrepancy_tables(records)
     drops = lambda_drop(records)
     text = format_tables(tables)
-    (out / "discrepancy.md").write_text(text + "\n")
+    atomic_write_text(out / "discrepancy.md", text + "\n")
     eig_diag = {}
     for run_id, r in runs.items():
         h = r.get("eigen_history") or []
@@ -319,61 +426,30 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
             align[dyn] = {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
                           "n": len(vals)}
     summary = {
-        "figure": "causal chain on the MNIST MLP", "config": asdict(cfg), "metrics": base.config(),
-        "dynamics": {d.name: _jsonable(d.config()) for d in dynamics}, "problem": problem.config(),
+        "figure": "causal chain on the MNIST MLP", "metrics": base.config(),
+        "dynamics": {d.name: jsonable(d.config()) for d in dynamics}, "problem": problem.config(),
         "run_wall_seconds": {k: v["wall_seconds"] for k, v in runs.items()},
         "discrepancy": tables, "discrepancy_definition": discrepancy_tables.__doc__.strip(),
-        "lambda1_drop": drops, "answers": answers(tables, drops), "alignment": align,
+        "lambda1_drop": drops, "answers": answers(tables, drops), "alignment": align, "assumption_b2": b2,
         "eigen_diagnostics": eig_diag, "record_fields": list(RECORD_FIELDS), "missing_runs": missing,
     }
-    summary = write_summary(summary, out, device, t_start)
-    summary["table_text"] = text
+    summary = output.summary(summary, device, t_start)
+    print(f"wrote {out}/causal_mlp.png, .pdf, records.csv, discrepancy.md, summary.json "
+          f"({summary['wall_seconds_this_invocation']:.0f} s)")
+    print(text)
+    print(json.dumps(summary["answers"], indent=1, default=str))
     return summary
 
 
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))
-
-
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("runs/causal_mlp"))
-    ap.add_argument("--full", action="store_true", help="longer configuration (for a GPU)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--data-dir", default=None)
-    for f in fields(Config):
-        if f.name == "dynamics":
-            ap.add_argument("--dynamics", nargs="+", choices=DYNAMICS, default=None)
-        else:
-            ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                            help=f"default {f.default} (quick)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+def _extra_arguments(ap) -> None:
     ap.add_argument("--collect", action="store_true", help="only aggregate the finished runs in --out")
     ap.add_argument("--only-seeds", type=int, nargs="+", default=None,
                     help="run only these seeds in this invocation (aggregates every finished run)")
     ap.add_argument("--reverse", action="store_true", help="take the (method, seed) pairs in reverse order")
-    ap.add_argument("--no-progress", action="store_true")
-    return ap.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = Config.full() if args.full else Config()
-    for f in fields(Config):
-        v = getattr(args, f.name)
-        if v is not None:
-            setattr(cfg, f.name, tuple(v) if f.name == "dynamics" else v)
-    check_counts(cfg)
-    summary = run(cfg, args.out, device=resolve_device(args.device), data_dir=args.data_dir,
-                  progress=not args.no_progress, collect=args.collect, only_seeds=args.only_seeds,
-                  reverse=args.reverse)
-    print(f"wrote {args.out}/causal_mlp.png, .pdf, records.csv, discrepancy.md, summary.json "
-          f"({summary['wall_seconds_this_invocation']:.0f} s)")
-    print(summary["table_text"])
-    print(json.dumps(summary["answers"], indent=1, default=str))
-    return summary
+main = command("figures.causal_mlp", __doc__, Config, run, add_arguments=_extra_arguments,
+               choices={"dtype": ["float32", "float64"], "dynamics": DYNAMICS})
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ Choices the paper leaves open (and why):
 * batch size B = 128, i.i.d. uniform minibatches every step (the SDE theory's model);
 * K minibatches per Euler sub-step for the SDE expectations (quick 8, full 32): K
   sets the Monte Carlo error of the drift, whose variance the drift-noise
-  correction removes from the diffusion (DESIGN §3.2);
+  correction removes from the diffusion (docs/math.md §4);
 * one Euler sub-step per η (m = 1) in the quick run, m = 2 in the full run;
 * the horizon: quick 500 steps (t = 5, about one epoch), full 3000 steps (t = 30);
-* inputs scaled to [0, 1] and standardised with MNIST's training mean/std.
+* inputs scaled to [0, 1] and standardised with MNIST's training mean/std
+  (``sdesam.mnist_mlp``, the one builder of this problem).
 
 Outputs in ``--out`` (default ``runs/figure2``): ``figure2.png``/``.pdf``, ``records.csv``
 (tidy: dynamics, seed, step, time, metric, value), ``summary.json`` (configuration,
@@ -25,26 +26,22 @@ from per-run checkpoints) when rerun with the same ``--out``.
 """
 from __future__ import annotations
 
-import argparse
+import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sdesam._checks import check_choice, check_int, check_nonnegative, check_positive
-from sdesam.registry import make_dynamics
+from sdesam._progress import progress as progress_bar
+from sdesam.experiment import command
 from sdesam.metrics import FIGURE2_METRICS, ClassificationMetrics
-from sdesam.models import MLP
+from sdesam.mnist_mlp import mnist_mlp_problem
 from sdesam.problem import ModuleProblem
+from sdesam.registry import make_dynamics
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, record_steps, run_trajectory
-
-from sdesam.parallel import resolve_device
-
-from .common import check_counts, save_figure, write_json_atomic, write_summary
 
 DYNAMICS = ("sam", "sam_sde2", "sam_sde3")
 LABELS = {"sam": "discrete SAM", "sam_sde2": "SAM-SDE2 (Eq. 3)", "sam_sde3": "SAM-SDE3 (Eq. 4)"}
@@ -57,7 +54,7 @@ class Config:
 
     eta: float = 0.01
     rho: float = 0.2
-    seeds: int = 3
+    seeds: tuple = (0, 1, 2)
     steps: int = 500
     record_every: int = 50
     batch_size: int = 128
@@ -71,7 +68,8 @@ class Config:
 
     @classmethod
     def full(cls) -> "Config":
-        return cls(seeds=5, steps=3000, record_every=100, n_batches=32, substeps=2, hessian_examples=4096)
+        return cls(seeds=(0, 1, 2, 3, 4), steps=3000, record_every=100, n_batches=32, substeps=2,
+                   hessian_examples=4096)
 
     def validate(self) -> "Config":
         """Check every value before anything is written (ValueError naming the option)."""
@@ -79,32 +77,20 @@ class Config:
         check_nonnegative("rho", self.rho)
         check_positive("eig_tol", self.eig_tol)
         check_choice("dtype", self.dtype, {"float32", "float64"})
-        check_counts(self)
         check_int("n_batches (K, for a covariance)", self.n_batches, 2)
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must be distinct integers >= 0, got {list(self.seeds)}")
+        for name in self.dynamics:
+            check_choice("dynamics", name, DYNAMICS)
         if "sam" not in self.dynamics:
             raise ValueError("--dynamics must include sam (the reference of the discrepancy table)")
         return self
 
 
-def load_problem(cfg: Config, device: torch.device, data_dir=None) -> ModuleProblem:
-    """The MLP on MNIST as a ``ModuleProblem`` (train 60k, test 10k), initialised from init_seed."""
-    from sdesam.data import load_dataset
-    train, test = load_dataset("mnist", data_dir)
-    mean, std = train.mean[0], train.std[0]
-
-    def prep(images):
-        return (images.reshape(images.shape[0], -1).float() / 255.0 - mean) / std
-
-    return mlp_problem(cfg, prep(train.images), train.labels, (prep(test.images), test.labels), device)
-
-
-def mlp_problem(cfg: Config, inputs: torch.Tensor, labels: torch.Tensor, test: tuple, device) -> ModuleProblem:
-    """The 784-784-10 GeLU MLP (initialised from ``cfg.init_seed``) on flattened inputs
-    (n, 784) and labels (n,), with ``test`` = (inputs, labels) for the test metrics."""
-    torch.manual_seed(cfg.init_seed)
-    model = MLP(784, (784,), 10, activation="gelu")
-    return ModuleProblem(model, "cross_entropy", inputs, labels, cfg.batch_size, test=test,
-                         dtype=getattr(torch, cfg.dtype), device=device)
+def load_problem(cfg: Config, device, data_dir=None, dataset: str = "mnist") -> ModuleProblem:
+    """The 784-784-10 GeLU MLP on MNIST (train 60k, test 10k), initialised from init_seed."""
+    return mnist_mlp_problem(hidden=784, batch_size=cfg.batch_size, dtype=cfg.dtype, device=device,
+                             dataset=dataset, data_dir=data_dir, init_seed=cfg.init_seed)
 
 
 def make_all_dynamics(cfg: Config, problem: ModuleProblem) -> list:
@@ -201,7 +187,7 @@ def plot(records: list[dict], cfg: Config, hessian_examples: int):
         ax.grid(alpha=0.3)
     axes.flat[0].legend()
     fig.suptitle(f"MLP 784-784-10 GeLU on MNIST: η = {cfg.eta}, ρ = {cfg.rho}, B = {cfg.batch_size}, "
-                 f"K = {cfg.n_batches}, m = {cfg.substeps}; mean ± 1 s.d. over {cfg.seeds} seeds")
+                 f"K = {cfg.n_batches}, m = {cfg.substeps}; mean ± 1 s.d. over {len(cfg.seeds)} seeds")
     fig.tight_layout()
     return fig
 
@@ -209,33 +195,18 @@ def plot(records: list[dict], cfg: Config, hessian_examples: int):
 # ------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------
-def _check_resume(out: Path, cfg: Config) -> None:
-    saved = out / "config.json"
-    if saved.exists():
-        import json
-        prev = json.loads(saved.read_text())
-        now = json.loads(json.dumps(asdict(cfg)))
-        if prev != now:
-            diff = {k: (prev.get(k), now.get(k)) for k in now if prev.get(k) != now.get(k)}
-            raise SystemExit(f"{out} holds runs of another configuration {diff}; "
-                             "use another --out (or delete that directory)")
-    write_json_atomic(asdict(cfg), saved)
-
-
-def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress: bool = True) -> dict:
-    """Run (or continue) every (dynamics, seed) pair and write the four outputs."""
-    import json
+def run(cfg: Config, output, opts) -> dict:
+    """Run (or continue) every (dynamics, seed) pair and write the outputs."""
     t_start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    out = output.path
     (out / "runs").mkdir(exist_ok=True)
-    _check_resume(out, cfg)
-    problem = load_problem(cfg, device, data_dir)
+    problem = load_problem(cfg, opts.device, opts.data_dir)
     metrics = ClassificationMetrics(problem, hessian_examples=cfg.hessian_examples, eig_tol=cfg.eig_tol,
                                     seed=cfg.init_seed)
     dynamics = make_all_dynamics(cfg, problem)
     steps = record_steps(cfg.steps, cfg.record_every)
-    pairs = [(d, s) for d in dynamics for s in range(cfg.seeds)]
-    bar = tqdm(total=len(pairs) * len(steps), desc="figure2", unit="record", disable=not progress)
+    pairs = [(d, s) for d in dynamics for s in cfg.seeds]
+    bar = progress_bar(len(pairs) * len(steps), desc="figure2", unit="record", enabled=opts.progress)
     runs = {}
     try:
         for dyn, seed in pairs:
@@ -253,7 +224,7 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
                                   on_record=lambda k: bar.update(1))
             runs[run_id] = {"dynamics": dyn.name, "seed": seed, "config": dyn.config(),
                             "wall_seconds": time.perf_counter() - t0, "resumed": resumed, "records": recs}
-            write_json_atomic(runs[run_id], done)
+            output.json(f"runs/{run_id}.json", runs[run_id])
             ckpt.unlink(missing_ok=True)
     finally:
         bar.close()
@@ -263,54 +234,26 @@ def run(cfg: Config, out: Path, *, device: torch.device, data_dir=None, progress
     with RecordWriter(tmp) as w:
         w.write(records)
     tmp.replace(out / "records.csv")
-    fig = plot(records, cfg, metrics.config()["hessian_examples"])
-    save_figure(fig, out, "figure2")
+    output.figure(plot(records, cfg, metrics.config()["hessian_examples"]), "figure2")
     table = discrepancy_table(records)
     hvps = [r["value"] for run_ in runs.values() for r in run_["records"] if r["metric"] == "top_eigenvalue_hvps"]
-    summary = {
-        "figure": "Figure 2", "config": asdict(cfg), "metrics": metrics.config(),
+    summary = output.summary({
+        "figure": "Figure 2", "metrics": metrics.config(),
         "dynamics": {d.name: d.config() for d in dynamics}, "problem": problem.config(),
         "run_wall_seconds": {k: v["wall_seconds"] for k, v in runs.items()},
         "lanczos_hvps_per_eigenvalue": {"min": min(hvps), "max": max(hvps), "mean": float(np.mean(hvps))},
         "discrepancy": table,
         "discrepancy_definition": discrepancy_table.__doc__.strip(),
         "record_fields": list(RECORD_FIELDS),
-    }
-    return write_summary(summary, out, device, t_start)
-
-
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("runs/figure2"), help="output directory")
-    ap.add_argument("--full", action="store_true", help="paper-scale configuration (for a GPU)")
-    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
-    ap.add_argument("--data-dir", default=None, help="where MNIST lives / is cached (default $SDESAM_DATA "
-                                                     "or ~/.cache/sdesam)")
-    for f in fields(Config):
-        if f.name == "dynamics":
-            ap.add_argument("--dynamics", nargs="+", choices=DYNAMICS, default=None)
-        else:
-            ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                            help=f"default {f.default} (quick)")
-    ap.add_argument("--no-progress", action="store_true")
-    return ap.parse_args(argv)
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    cfg = Config.full() if args.full else Config()
-    for f in fields(Config):
-        v = getattr(args, f.name)
-        if v is not None:
-            setattr(cfg, f.name, tuple(v) if f.name == "dynamics" else v)
-    cfg.validate()
-    device = resolve_device(args.device)
-    summary = run(cfg, args.out, device=device, data_dir=args.data_dir, progress=not args.no_progress)
-    print(f"wrote {args.out}/figure2.png, figure2.pdf, records.csv, summary.json "
+    }, opts.device, t_start)
+    print(f"wrote {out}/figure2.png, figure2.pdf, records.csv, summary.json "
           f"({summary['wall_seconds_this_invocation']:.0f} s)")
     print("Discrepancy to discrete SAM (mean |Δ| / range; lower is closer):")
     print(format_table(summary["discrepancy"]))
     return summary
+
+
+main = command("figures.figure2", __doc__, Config, run, choices={"dtype": ["float32", "float64"], "dynamics": DYNAMICS})
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def resolve_dataset(name: str, preferred: str, fallback: str, data_dir=None) -> 
 class TrainingSettings:
     """Training fields shared by the figures; everything else is Table 1's preset
     (batch 256, SGD momentum 0.9, per-step cosine, weight decay 5e-5, pad-4 crop + flip,
-    ρ by dataset, α = 0.2, p = 100, q = 5; DESIGN §5). A figure's configuration adds its
+    ρ by dataset, α = 0.2, p = 100, q = 5; docs/math.md §9). A figure's configuration adds its
     dataset(s) and model(s).
 
     Attributes:

@@ -8,10 +8,12 @@ typically ``(seed, stream, step)`` or ``(seed, stream, step, substep)``. The key
 were drawn: a resumed or re-ordered run sees the same randomness, and different keys
 give statistically independent streams.
 
-Sub-step keys: sub-step j of step k is keyed ``(seed, stream, k)`` for j = 0 and
-``(seed, stream, k, j)`` for j ≥ 1, so a one-sub-step run draws exactly what the
-discrete step k draws from that stream, and runs with different numbers of sub-steps
-share their first sub-step's draws.
+Sub-step keys: sub-step j of the m sub-steps of step k starts at time k + j/m (in units of
+η) and is keyed by that time: ``(seed, stream, k)`` for j = 0 and ``(seed, stream, k, p, q)``
+with p/q = j/m in lowest terms otherwise. So a one-sub-step run draws exactly what the
+discrete step k draws from that stream, and runs with different numbers of sub-steps draw
+the same minibatches wherever their sub-steps start at the same time (m = 4's sub-step 1
+and m = 8's sub-step 2, …) — the runs are coupled, not only their Brownian paths.
 
 Device independence: minibatches, Brownian increments and start vectors are drawn by CPU
 generators and moved to the problem's device, so a run on a GPU draws exactly the numbers
@@ -67,13 +69,18 @@ def seeded_generator(*key: int, device="cpu") -> torch.Generator:
     return gen
 
 
-def substep_key(seed: int, stream: int, step: int, substep: int = 0) -> tuple[int, ...]:
-    """The key of sub-step ``substep`` of step ``step``: (seed, stream, step[, substep])."""
-    return (seed, stream, step) if substep == 0 else (seed, stream, step, substep)
+def substep_key(seed: int, stream: int, step: int, substep: int = 0, substeps: int = 1) -> tuple[int, ...]:
+    """The key of sub-step ``substep`` of the ``substeps`` sub-steps of step ``step``:
+    (seed, stream, step) for sub-step 0, else (seed, stream, step, p, q) with
+    p/q = substep/substeps in lowest terms (the sub-step's start time within the step)."""
+    if substep == 0:
+        return (seed, stream, step)
+    g = math.gcd(substep, substeps)
+    return (seed, stream, step, substep // g, substeps // g)
 
 
 def draw_batches(problem, seed: int, step: int, num_trajectories: int, per_trajectory: int = 1,
-                 substep: int = 0, pairs: int = 1) -> Tensor:
+                 substep: int = 0, pairs: int = 1, substeps: int = 1) -> Tensor:
     """Minibatches of one (sub-)step: LongTensor (M, per_trajectory, B).
 
     ``problem`` is any object with ``sample_batches(num, generator)`` and ``device``.
@@ -82,7 +89,7 @@ def draw_batches(problem, seed: int, step: int, num_trajectories: int, per_traje
     """
     if num_trajectories % pairs:
         raise ValueError(f"{num_trajectories} trajectories cannot be grouped in pairs of {pairs}")
-    gen = seeded_generator(*substep_key(seed, STREAM_BATCH, step, substep))
+    gen = seeded_generator(*substep_key(seed, STREAM_BATCH, step, substep, substeps))
     n = num_trajectories // pairs
     batches = problem.sample_batches(n * per_trajectory, gen).reshape(n, per_trajectory, -1)
     return batches if pairs == 1 else batches.repeat_interleave(pairs, dim=0)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["main", "run_main", "run_module", "prog_name", "key_value", "optional", "COMMANDS",
            "DEBUG_ENV"]
@@ -52,70 +54,57 @@ class Command:
     Attributes:
         module: the module whose ``main(argv)`` runs it (also ``python -m <module>``).
         summary: one line for ``sdesam --help``.
-        quick_time: wall time of its default (quick) configuration measured here (README).
         kept: what an interrupted run leaves behind and how to continue; ``{out}`` is
             replaced by the value of ``out_flag`` (or ``out_default``).
     """
 
     module: str
     summary: str
-    quick_time: str
     kept: str
     out_flag: str = "--out"
     out_default: str = ""
 
 
-_FIGURE_KEPT = ("finished training runs and the checkpoints of unfinished ones are kept in {out}; "
-                "rerunning the same command resumes from them")
+_KEPT = "what finished is kept in {out}; rerunning the same command resumes from it"
 _BENCH_KEPT = "a benchmark keeps no partial results; rerun it"
 
 
-def _figure(name: str, summary: str, quick_time: str) -> Command:
-    """A figure command: module ``figures.<name>``, runs kept and resumed in ``runs/<name>``."""
-    return Command(f"figures.{name}", summary, quick_time, _FIGURE_KEPT, out_default=f"runs/{name}")
+def _module(module: str, summary: str, out_default: str | None = None, kept: str = _KEPT) -> Command:
+    return Command(module, summary, kept, out_default=out_default or f"runs/{module.rsplit('.', 1)[-1]}")
 
 
 COMMANDS: dict[str, Command] = {
-    "figure2": Command("figures.figure2", "Figure 2: discrete SAM vs SAM-SDE2/SDE3 on the MNIST MLP",
-                       "303 s", "the records and checkpoints written so far are kept in {out}; rerunning "
-                       "the same command resumes exactly", out_default="runs/figure2"),
-    "figure1": _figure("figure1", "Figure 1: Align(ε, v₁) and λ₁ during SGD / SAM / Eigen-SAM training", "137 s"),
-    "figure3": _figure("figure3", "Figure 3: test accuracy against α; Hessian spectrum (SLQ)", "148 s"),
-    "figure5": _figure("figure5", "Figure 5: power-iteration estimate's alignment with v₁ against q", "56 s"),
+    "figure2": _module("figures.figure2", "Figure 2: discrete SAM vs SAM-SDE2/SDE3 on the MNIST MLP"),
+    "figure1": _module("figures.figure1", "Figure 1: Align(ε, v₁) and λ₁ during SGD / SAM / Eigen-SAM training"),
+    "figure3": _module("figures.figure3", "Figure 3: test accuracy against α; Hessian spectrum (SLQ)"),
+    "figure5": _module("figures.figure5", "Figure 5: power-iteration estimate's alignment with v₁ against q"),
     "table1": Command("figures.table1", "Table 1: test accuracy of SGD / SAM / Eigen-SAM (--quick: CPU grid)",
-                      "238 s --quick", "finished cells and the checkpoints of unfinished ones are kept "
-                      "in {out}; rerunning the same command resumes from them",
-                      out_flag="--runs-dir", out_default="runs/table1 (runs/table1-quick with --quick)"),
-    "table_p": _figure("table_p", "Tables 3-4: Eigen-SAM test accuracy against the refresh interval p", "182 s"),
-    "appendix_a": _figure("appendix_a", "Appendix A: SAM, Reverse-SAM and EGR losses", "143 s"),
-    "weak-error": Command("validation.weak_error", "weak error of the SDEs against η and ρ (Theorem 4.1)",
-                          "382 s", "nothing is kept (results.json is written at the end); rerunning "
-                          "the same command starts over", out_default="weak_error_out"),
-    "train": Command("sdesam.train", "train an image classifier (SGD / SAM / ASAM / Eigen-SAM …)",
-                     "varies", "the run's last checkpoint is kept in {out}; rerun the same "
-                     "command with --resume to continue it", out_flag="--out-dir",
-                     out_default="its --out-dir"),
-    "bench oracles": Command("benchmarks.oracles", "cost of g, v² and one SAM / SDE step in gradients; "
-                             "looped vs batched blocks", "53 s", _BENCH_KEPT),
-    "bench eigensam": Command("benchmarks.eigensam", "SAM, paper / Lanczos / official Eigen-SAM: cost and alignment, "
-                              "ResNet-18", "~9 min", _BENCH_KEPT),
-    "bench curvature": Command("benchmarks.curvature", "products for λ₁: Lanczos vs power iteration",
-                               "46 s", _BENCH_KEPT),
-    "causal-mlp": Command("figures.causal_mlp", "the causal chain on the MNIST MLP: SAM, Eigen-SAM vs Eq. 4/5/6 "
-                          "and the Eigen-SAM SDE", "~15 min est.", "finished (method, seed) runs are kept in "
-                          "{out}; rerunning the same command resumes from them", out_default="runs/causal_mlp"),
-    "alignment-sweep": Command("validation.alignment_sweep", "weak error of Eq. 5 / Eq. 6 against the alignment "
-                               "(toy)", "~3 min est.", "finished κ values are kept in {out}; rerunning the "
-                               "same command resumes from them", out_default="runs/alignment_sweep"),
-    "eigen-weak-error": Command("validation.eigen_weak_error", "weak error of the Eigen-SAM SDE against η "
-                                "(ideal Eigen-SAM)", "~18 min est.", "nothing is kept (results.json is written "
-                                "at the end); rerunning the same command starts over",
-                                out_default="eigen_weak_error_out"),
-    "bench causal": Command("benchmarks.causal", "cost of one Eq. 5 / Eigen-SAM SDE Euler step in gradients",
-                            "74 s", _BENCH_KEPT),
+                      _KEPT, out_flag="--runs-dir", out_default="runs/table1 (runs/table1-quick with --quick)"),
+    "table_p": _module("figures.table_p", "Tables 3-4: Eigen-SAM test accuracy against the refresh interval p"),
+    "appendix_a": _module("figures.appendix_a", "Appendix A: SAM, Reverse-SAM and EGR losses"),
+    "weak-error": _module("validation.weak_error", "weak error of the SDEs against η and ρ (Theorem 4.1)"),
+    "moment-test": _module("validation.moment_test", "one-step moment test: discrete step vs SDE drift and "
+                           "diffusion, against ρ (Lemma B.3)"),
+    "train": Command("sdesam.train", "train an image classifier (SGD / SAM family / Eigen-SAM …)",
+                     "the run's last checkpoint is kept in {out}; rerun the same command with --resume "
+                     "to continue it", out_flag="--out-dir", out_default="its --out-dir"),
+    "causal-mlp": _module("figures.causal_mlp", "the causal chain on the MNIST MLP: SAM, Eigen-SAM vs Eq. 4/5/6 "
+                          "and the Eigen-SAM SDE"),
+    "alignment-sweep": _module("validation.alignment_sweep", "weak error of Eq. 5 / Eq. 6 against the "
+                               "alignment (toy)"),
+    "eigen-weak-error": _module("validation.eigen_weak_error", "weak error of the Eigen-SAM SDE against η "
+                                "(ideal Eigen-SAM)"),
+    "bench oracles": _module("benchmarks.oracles", "cost of g, v² and one SAM / SDE step in gradients; "
+                             "looped vs batched blocks", kept=_BENCH_KEPT),
+    "bench eigensam": _module("benchmarks.eigensam", "SAM, paper / Lanczos / official Eigen-SAM: cost and "
+                              "alignment, ResNet-18", kept=_BENCH_KEPT),
+    "bench curvature": _module("benchmarks.curvature", "products for λ₁: Lanczos vs power iteration",
+                               kept=_BENCH_KEPT),
+    "bench causal": _module("benchmarks.causal", "cost of one Eq. 5 / Eigen-SAM SDE Euler step in gradients",
+                            kept=_BENCH_KEPT),
     "bench gpu": Command("benchmarks.gpu_check", "the GPU check (--device cuda); --device cpu --small: smoke test",
-                         "~2 min --small", "report.json and summary.md in {out} hold the parts finished so "
-                         "far; rerun to measure again", out_default="gpu_check_out"),
+                         "report.json and summary.md in {out} hold the parts finished so far; rerun to measure "
+                         "again", out_default="gpu_check_out"),
 }
 
 
@@ -200,16 +189,12 @@ def run_main(main, prog: str, argv=None, command: Command | None = None) -> int:
 
 def _help() -> str:
     width = max(len(n) for n in COMMANDS)
-    time_width = max(len(c.quick_time) for c in COMMANDS.values())
-    lines = [__doc__.split("\n\n")[0], "", "usage: sdesam [--debug] <command> [options]", "",
-             "Commands, with the wall time of their quick default measured on a 2-core CPU (README;",
-             "est.: estimated from CPU time measured on a shared machine):", ""]
+    lines = [__doc__.split("\n\n")[0], "", "usage: sdesam [--debug] <command> [options]",
+             "       sdesam --version", "", "Commands:", ""]
     for name, c in COMMANDS.items():
-        lines.append(f"  {name:<{width}}  {c.quick_time:>{time_width}}  {c.summary}")
-    lines += ["", "Each is the same program as python -m figures.<command> (figures and tables),",
-              "validation.<command> (weak-error, alignment-sweep, eigen-weak-error), sdesam.train or",
-              "benchmarks.<name> (bench gpu: benchmarks.gpu_check); sdesam <command> --help lists",
-              "its options.", "", "Options for every command:",
+        lines.append(f"  {name:<{width}}  {c.summary}  [python -m {c.module}]")
+    lines += ["", "Each is the same program as python -m <the module in brackets>; sdesam <command> --help",
+              "lists its options.", "", "Options for every command:",
               f"  --debug  show the full traceback of an error (or set {DEBUG_ENV}=1)"]
     return "\n".join(lines)
 
@@ -221,6 +206,10 @@ def main(argv=None) -> int:
     if not words or words[0] in ("-h", "--help"):
         print(_help())
         return 0 if words else 2
+    if words[0] == "--version":
+        from . import __version__
+        print(f"sdesam {__version__}")
+        return 0
     name, rest = words[0], argv[argv.index(words[0]) + 1:]
     if name == "bench":
         if not rest or rest[0] in ("-h", "--help"):
@@ -234,8 +223,27 @@ def main(argv=None) -> int:
     if "--debug" in argv[:argv.index(words[0])]:
         rest = ["--debug", *rest]
     command = COMMANDS[name]
-    module = importlib.import_module(command.module)
+    try:
+        module = _import_command(command.module)
+    except ModuleNotFoundError as exc:
+        print(f"sdesam {name}: error: {exc}", file=sys.stderr)
+        return 2
     return run_main(module.main, f"sdesam {name}", rest, command)
+
+
+def _import_command(module_name: str):
+    """The command's module. The experiment packages (figures, validation, benchmarks) live
+    in the repository next to ``sdesam``, not in the installed package: with an editable
+    install of a checkout they are found there."""
+    top = module_name.split(".")[0]
+    if top != "sdesam" and importlib.util.find_spec(top) is None:
+        root = Path(__file__).resolve().parents[1]
+        if (root / top / "__init__.py").is_file():
+            sys.path.insert(0, str(root))
+        else:
+            raise ModuleNotFoundError(f"{module_name} is one of the experiment scripts of the sdesam repository, "
+                                      "not part of the installed package: run it from a checkout (pip install -e .)")
+    return importlib.import_module(module_name)
 
 
 def run_module(module_name: str) -> None:

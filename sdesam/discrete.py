@@ -39,9 +39,11 @@ __all__ = ["DiscreteSGD", "DiscreteSAM", "DiscreteEGR", "DiscreteEigenSAM", "Ide
            "svag_coefficients", "step_batches"]
 
 
-def step_batches(problem: Problem, state: RunState, substep: int = 0, per_trajectory: int = 1) -> Tensor:
-    """Minibatches of the current step of ``state``: (M, B), or (M, per_trajectory, B)."""
-    b = draw_batches(problem, state.seed, state.step, state.x.shape[0], per_trajectory, substep)
+def step_batches(problem: Problem, state: RunState, substep: int = 0, per_trajectory: int = 1,
+                 substeps: int = 1) -> Tensor:
+    """Minibatches of the current step of ``state`` (its sub-step ``substep`` of ``substeps``):
+    (M, B), or (M, per_trajectory, B)."""
+    b = draw_batches(problem, state.seed, state.step, state.x.shape[0], per_trajectory, substep, substeps=substeps)
     return b[:, 0] if per_trajectory == 1 else b
 
 
@@ -102,11 +104,11 @@ class DiscreteSAM(Dynamics):
         return {**super().config(), "rho": self.rho, **self.rule.config(), **self.update.config(),
                 "micro_batches": self.micro_batches}
 
-    def rule_generator(self, state: RunState, substep: int = 0) -> torch.Generator | None:
-        """The generator of a rule that samples: keyed (seed, rule stream, step[, sub-step])."""
+    def rule_generator(self, state: RunState, substep: int = 0, substeps: int = 1) -> torch.Generator | None:
+        """The generator of a rule that samples: keyed by (seed, rule stream, step, sub-step)."""
         if not self.rule.needs_generator:
             return None
-        return seeded_generator(*substep_key(state.seed, STREAM_RULE, state.step, substep),
+        return seeded_generator(*substep_key(state.seed, STREAM_RULE, state.step, substep, substeps),
                                 device=self.problem.device)
 
     def direction(self, x: Tensor, batch: Tensor, eigvec: Tensor | None = None,
@@ -303,7 +305,7 @@ class SAMSVAG(DiscreteSAM):
         problem, eta, rho, rule, update, micro_batches: as ``DiscreteSAM``.
         l: SVAG's factor l ≥ 1.
 
-    Sub-step j of step k draws its two minibatches from (seed, batch stream, k, j).
+    Sub-step j of step k draws its two minibatches from the key of its start time k + j/l.
     """
 
     def __init__(self, problem: Problem, eta: float, rho: float, l: int = 1, rule="sam", update=None,
@@ -331,5 +333,5 @@ class SAMSVAG(DiscreteSAM):
             return super()._step(state)
         self._current_step = state.step
         for j in range(self.l):
-            batches = step_batches(self.problem, state, substep=j, per_trajectory=2)     # (M, 2, B)
-            state.x.add_(self.increment(state.x, batches, self.rule_generator(state, j)))
+            batches = step_batches(self.problem, state, substep=j, per_trajectory=2, substeps=self.l)  # (M, 2, B)
+            state.x.add_(self.increment(state.x, batches, self.rule_generator(state, j, self.l)))

@@ -10,10 +10,11 @@ Hessian H_γ = ∇²f_γ(x), and the gap λ₁ − λ₂ that Assumption B.2 nee
   ``hessian(x, batch)`` / ``full_hessian(x)`` when it has them (the GLM toys of
   ``sdesam.toys``: ~100× faster), and ``torch.linalg.eigh`` in float64. Exact to
   rounding; for small d only (``max_dense_dim``, else ``ValueError``).
-* ``"lanczos"``: ``sdesam.curvature.lanczos`` (full reorthogonalisation, k = 2 so that
-  λ₂ and with it the gap come out too) on ``problem.hvp_at`` per minibatch, started
-  from ``v0`` (the previous sub-step's vector of the same slot: a warm start), stopped
-  when both Ritz residuals are ≤ ``tol``·‖H_γ‖.
+* ``"lanczos"``: ``sdesam.curvature.batched_lanczos`` — the Lanczos recurrences of all
+  minibatches (and points) in lockstep, k = 2 so that λ₂ and with it the gap come out too,
+  one batched Hessian-vector call per iteration through the problem's block oracles,
+  started from ``v0`` (the previous sub-step's vector of the same slot: a warm start);
+  each recurrence stops when both its Ritz residuals are ≤ ``tol``·‖H_γ‖.
 
 ``"auto"`` takes the dense path when d ≤ ``max_dense_dim``.
 
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from ._checks import check_choice, check_int, check_positive
 from ._streams import STREAM_EIGEN, seeded_generator
-from .curvature import HessianOperator, lanczos
+from .curvature.batched_lanczos import batched_lanczos
 from .problem import ModuleProblem, Problem
 
 __all__ = ["TopEigenpairs", "minibatch_top_eigenpairs", "full_hessian_top_eigenvector", "check_hessian_subset",
@@ -83,15 +84,17 @@ def _dense_pairs(H: Tensor, dtype: torch.dtype) -> TopEigenpairs:
                          scale=scale.to(dtype), num_hvps=H[..., 0, 0].numel() * H.shape[-1], method="dense")
 
 
-def _lanczos_pair(op: HessianOperator, v0: Tensor | None, tol: float, max_iters: int,
-                  generator: torch.Generator | None):
-    if v0 is not None and (not bool(torch.isfinite(v0).all()) or float(v0.norm()) == 0.0):
-        v0 = None
-    r = lanczos(op, k=2 if op.dim > 1 else 1, which="LA", tol=tol, max_iters=max_iters, v0=v0,
-                generator=generator, check_determinism=False)
-    lam2 = float(r.eigenvalues[1]) if op.dim > 1 else -math.inf
-    return (float(r.eigenvalues[0]), r.eigenvectors[:, 0], float(r.eigenvalues[0]) - lam2,
-            float(r.residuals[0]), r.scale, r.num_matvecs)
+def _batched_pairs(matvec, starts: Tensor, tol: float, max_iters: int, generator, like: Tensor,
+                   shape) -> TopEigenpairs:
+    """TopEigenpairs of the N operators of ``matvec`` (``batched_lanczos``), reshaped to ``shape``."""
+    d = starts.shape[-1]
+    r = batched_lanczos(matvec, starts, k=2 if d > 1 else 1, tol=tol, max_iters=max_iters, generator=generator)
+    lam1 = r.eigenvalues[:, 0]
+    lam2 = r.eigenvalues[:, 1] if d > 1 else torch.full_like(lam1, -math.inf)
+    t = lambda v: v.to(like.dtype).to(like.device).reshape(shape)   # noqa: E731
+    return TopEigenpairs(value=t(lam1), vector=r.eigenvectors[:, 0].to(like.dtype).reshape(*shape, d),
+                         gap=t(lam1 - lam2), residual=t(r.residuals[:, 0]), scale=t(r.scale),
+                         num_hvps=r.num_matvecs, method="lanczos")
 
 
 def _resolve_method(method: str, d: int, max_dense_dim: int) -> str:
@@ -138,14 +141,9 @@ def minibatch_top_eigenpairs(problem: Problem, x: Tensor, batch: Tensor, *, meth
         return _dense_pairs(H, x.dtype)
     xs = x.expand(*S, d).reshape(-1, d)
     bs = batch.expand(*S, batch.shape[-1]).reshape(-1, batch.shape[-1])
-    starts = None if v0 is None else v0.expand(*S, d).reshape(-1, d)
-    out = [_lanczos_pair(HessianOperator.from_problem(problem, xs[i], bs[i]),
-                         None if starts is None else starts[i], tol, max_iters, generator)
-           for i in range(xs.shape[0])]
-    lam, vec, gap, res, scale, hvps = zip(*out)
-    t = lambda vals: torch.tensor(vals, dtype=x.dtype, device=x.device).reshape(S)   # noqa: E731
-    return TopEigenpairs(value=t(lam), vector=torch.stack(vec).reshape(*S, d).to(x.dtype), gap=t(gap),
-                         residual=t(res), scale=t(scale), num_hvps=int(sum(hvps)), method="lanczos")
+    starts = x.new_zeros(xs.shape) if v0 is None else v0.expand(*S, d).reshape(-1, d)
+
+    return _batched_pairs(problem.hvp_rows(xs, bs), starts, tol, max_iters, generator, x, S)
 
 
 def full_hessian_top_eigenvector(problem: Problem, x: Tensor, *, method: str = "auto", tol: float = 1e-3,
@@ -187,17 +185,12 @@ def full_hessian_top_eigenvector(problem: Problem, x: Tensor, *, method: str = "
         xe = x[:, None, None, :].expand(M, 1, d, d)
         H = _dense_from_hvp(lambda E: problem.hvp(xe, batches[:, None, :], E), d, x).mean(1)
         return _dense_pairs(H, x.dtype)
-    out = []
-    hvps = 0
-    for m in range(M):
-        op = HessianOperator.from_function(
-            lambda v, xm=x[m]: problem.hvp(xm, batches, v.to(x.dtype)).mean(0), d, x.dtype, x.device)
-        out.append(_lanczos_pair(op, None if v0 is None else v0[m], tol, max_iters, generator))
-        hvps += out[-1][-1] * N
-    lam, vec, gap, res, scale, _ = zip(*out)
-    t = lambda vals: torch.tensor(vals, dtype=x.dtype, device=x.device)   # noqa: E731
-    return TopEigenpairs(value=t(lam), vector=torch.stack(vec).to(x.dtype), gap=t(gap), residual=t(res),
-                         scale=t(scale), num_hvps=hvps, method="lanczos")
+    def matvec(V, rows):            # the mean of H_γ over the covering minibatches, per point
+        return problem.hvp(x[rows][:, None, :], batches[None], V[:, None, :]).mean(1)
+    starts = x.new_zeros(x.shape) if v0 is None else v0
+    eig = _batched_pairs(matvec, starts, tol, max_iters, generator, x, (M,))
+    eig.num_hvps *= N
+    return eig
 
 
 def _covering_batches(problem: Problem) -> Tensor:

@@ -9,7 +9,7 @@ the pass that produced g_γ, and then takes ONE reverse pass of ρℓ₁ + (ρ²
 
     ∇_x[ρ ℓ₁ + (ρ²/2) ℓ₂] = ρ ∇²f_γ ε + (ρ²/2) ∇³f_γ(ε, ε),
 
-so v² = g + that (DESIGN §3.1). Every quantity is exact (no finite differences); the
+so v² = g + that (docs/math.md §2). Every quantity is exact (no finite differences); the
 reverse pass is ordinary autograd over the jet formulas below.
 
 Cost, measured on the 784-784-10 GeLU MLP, B = 128, real MNIST, 2 idle CPU cores,

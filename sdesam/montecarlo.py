@@ -112,7 +112,7 @@ class ChunkPlan:
     def config(self) -> dict:
         return {"n_chunks": self.n_chunks, "chunk_size": self.chunk_size,
                 "blocks_per_chunk": self.blocks_per_chunk, "block_size": self.block_size,
-                "trajectories": self.trajectories}
+                "n_blocks": self.n_blocks, "trajectories": self.trajectories}
 
 
 @dataclass

@@ -179,6 +179,15 @@ class Problem(ABC):
         self._broadcast(x, batch)
         return lambda v: self.hvp(x, batch, v)
 
+    def hvp_rows(self, x: Tensor, batch: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """(V, rows) ↦ (∇²f_{γ_i}(x_i) V_i)_{i ∈ rows} for N fixed pairs, x (N, d) and
+        batch (N, B), V (n, d) and rows a LongTensor (n,): many products of many Hessians at
+        once (``sdesam.curvature.batched_lanczos``). Subclasses may reuse work across calls."""
+        if x.dim() != 2 or batch.dim() != 2 or x.shape[0] != batch.shape[0]:
+            raise ValueError(f"hvp_rows takes x (N, d) and batch (N, B), got {tuple(x.shape)} and {tuple(batch.shape)}")
+        self._broadcast(x, batch)
+        return lambda V, rows: self.hvp(x[rows], batch[rows], V)
+
     def taylor(self, x: Tensor, batch: Tensor, rule: PerturbationRule | str = "sam",
                rho: float = 0.0, order: int = 2, eigvec: Tensor | None = None,
                components: bool = False, generator: torch.Generator | None = None) -> TaylorVectors:
@@ -492,6 +501,34 @@ class ModuleProblem(Problem):
             with torch.enable_grad():
                 l1, _ = self._jet.directional(params, self.unflatten(v.detach()), acts, targets, 1)
                 return self._flat(torch.autograd.grad(l1, leaves, retain_graph=True), x.new_empty(self.dim))
+        return matvec
+
+    def hvp_rows(self, x, batch):
+        """As ``Problem.hvp_rows``; on the jet path, when the rows fit one block, the primal
+        forward pass of the rows is done once and kept while the same rows are asked for
+        (Lanczos in lockstep asks for the same rows until one of them stops)."""
+        generic = super().hvp_rows(x, batch)
+        if self._jet is None or self.block != "batched":
+            return generic
+        cache = {}
+
+        def matvec(V: Tensor, rows: Tensor) -> Tensor:
+            n = rows.numel()
+            if n > self.block_size or n == 1:
+                return generic(V, rows)
+            key = tuple(rows.tolist())
+            if cache.get("key") != key:
+                cache.clear()
+                inputs, targets = self._examples(batch[rows])
+                with torch.enable_grad():
+                    leaves, params = self._leaves(x[rows])
+                    _, acts = self._jet.forward(params, inputs, targets, True)
+                cache.update(key=key, leaves=leaves, params=params, acts=acts, targets=targets)
+            with torch.enable_grad():
+                l1, _ = self._jet.directional(cache["params"], self.unflatten(V.detach()), cache["acts"],
+                                              cache["targets"], 1, stacked=True)
+                grads = torch.autograd.grad(l1, cache["leaves"], retain_graph=True)
+            return self._flat(grads, V.new_empty(n, self.dim))
         return matvec
 
     def taylor(self, x, batch, rule="sam", rho=0.0, order=2, eigvec=None, components=False, generator=None):

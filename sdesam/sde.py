@@ -42,8 +42,9 @@ increments (an unbiased variance reduction). The SDE classes also implement torc
 interface (``noise_type="general"``, ``sde_type="ito"``, ``f``, ``g``, ``f_and_g_prod``)
 so ``torchsde.sdeint(sde, y0, ts, dt=sde.dt, method="euler")`` integrates them
 (``solver="torchsde"``). The minibatches of sub-step i = round(t/Δt) = k·m + j are keyed
-(seed, batch stream, k[, j]), so ``f``, ``g`` and ``f_and_g_prod`` at the same time see
-the same minibatches, whoever calls them.
+by its start time (``sdesam._streams.substep_key``), so ``f``, ``g`` and ``f_and_g_prod`` at
+the same time see the same minibatches, whoever calls them, and runs with different m
+draw the same minibatches at the times they share.
 """
 from __future__ import annotations
 
@@ -198,21 +199,31 @@ class SAMFamilySDE(Dynamics):
         if self.exact:
             return self._all_batches                     # (N, B), shared by all trajectories
         step, j = divmod(index, self.substeps)
-        return draw_batches(self.problem, self.seed, step, M, self.n_batches, substep=j,
+        return draw_batches(self.problem, self.seed, step, M, self.n_batches, substep=j, substeps=self.substeps,
                             pairs=2 if self.antithetic else 1)      # (M, K, B)
 
     def _rule_generator(self, index: int):
         if not self.rule.needs_generator:
             return None
         step, j = divmod(index, self.substeps)
-        return seeded_generator(*substep_key(self.seed, STREAM_RULE, step, j), device=self.problem.device)
+        return seeded_generator(*substep_key(self.seed, STREAM_RULE, step, j, self.substeps),
+                                device=self.problem.device)
 
     def drift_and_factor(self, t, y: Tensor) -> tuple[Tensor, Tensor]:
         """(b, F) at time t for states y (M, d): drift b (M, d) and the diffusion factor
-        F (M, d, brownian_size) with F Fᵀ = η c² Σ̂, so dX = b dt + F dW."""
+        F (M, d, brownian_size) with F Fᵀ = η c² Σ̂, so dX = b dt + F dW. F is a view of the
+        (M, brownian_size, d) noise vectors (no copy)."""
         index = self.substep_index(t)
         if self._cache is not None and self._cache[0] == index and torch.equal(self._cache[1], y):
-            return self._cache[2], self._cache[3]
+            drift, vectors = self._cache[2], self._cache[3]
+        else:
+            drift, vectors = self.coefficients(index, y)
+            self._cache = (index, y.clone(), drift, vectors)
+        return drift, vectors.transpose(1, 2)
+
+    def coefficients(self, index: int, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(b, Fᵀ) at sub-step ``index`` for states y (M, d): the drift (M, d) and the noise
+        vectors Fᵀ (M, brownian_size, d), the rows of the diffusion factor (F Fᵀ = η c² Σ̂)."""
         M = y.shape[0]
         batches = self._batches(M, index)
         x = y[:, None, :]
@@ -223,13 +234,12 @@ class SAMFamilySDE(Dynamics):
         w = self._noise_vectors(tv, x, batches, index)
         wbar = w.mean(1)
         if self.diffusion == "taylor":
-            factor = (w - wbar[:, None]).transpose(1, 2) * (scale / math.sqrt(denom))
+            vectors = (w - wbar[:, None]).mul_(scale / math.sqrt(denom))
         else:
-            factor = self._paper_factor(tv, denom) * scale
+            vectors = (self._paper_factor(tv, denom) * scale).transpose(1, 2)
         drift_w = self._drift_vectors(tv, w, x, batches, index)
         drift = -(wbar if drift_w is w else drift_w.mean(1))
-        self._cache = (index, y.clone(), drift, factor)
-        return drift, factor
+        return drift, vectors
 
     def _taylor(self, x: Tensor, batches: Tensor, index: int, eigvec: Tensor | None = None):
         """Per-minibatch oracles at x (M, 1, d) for ``batches`` (M, K, B) or (N, B): the Taylor
@@ -298,13 +308,13 @@ class SAMFamilySDE(Dynamics):
     def f_and_g_prod(self, t, y, v):
         """(b(y), F(y) v) for Brownian increments v (M, brownian_size)."""
         drift, factor = self.drift_and_factor(t, y)
-        return drift, torch.einsum("mdk,mk->md", factor, v)
+        return drift, torch.bmm(v[:, None, :], factor.transpose(1, 2))[:, 0]
 
     # -- Dynamics -------------------------------------------------------------------
     def euler_substep(self, state: RunState, index: int, dW: Tensor) -> None:
         """X ← X + b Δt + F ΔW at sub-step ``index`` (time index·Δt)."""
-        drift, gprod = self.f_and_g_prod(index * self.dt, state.x, dW)
-        state.x += drift * self.dt + gprod
+        drift, vectors = self.coefficients(index, state.x)
+        state.x += drift * self.dt + torch.bmm(dW[:, None, :], vectors)[:, 0]
 
     def _step(self, state):
         self.seed = state.seed

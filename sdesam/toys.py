@@ -133,19 +133,38 @@ class GLMProblem(Problem):
     # -- pieces -----------------------------------------------------------------------
     def _residuals(self, x: Tensor, batch: Tensor):
         """(a, r): features a = A[batch] (*Sb, B, d), NOT expanded to S, and residuals
-        r (*S, B). Contractions use ``einsum`` with broadcasting leading dimensions, which
-        measured 10-30× faster than expanding a to (*S, B, d) and reducing elementwise."""
+        r (*S, B). Contractions are matrix products when the minibatches are shared by all
+        points (exact expectations), else ``einsum`` with broadcasting leading dimensions;
+        a is never expanded to (*S, B, d)."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"x has last dimension {x.shape[-1]}, expected d={self.dim}")
         if batch.dim() < 1 or batch.shape[-1] != self.batch_size:
             raise ValueError(f"batch must have shape (..., B={self.batch_size}), got {tuple(batch.shape)}")
         torch.broadcast_shapes(x.shape[:-1], batch.shape[:-1])     # raises if incompatible
         a = self.A[batch]
-        r = torch.einsum("...bd,...d->...b", a, x) - self.y[batch]
+        r = self._dot_features(a, x) - self.y[batch]
         return a, r
+
+    @staticmethod
+    def _shared(a: Tensor, v: Tensor) -> bool:
+        """Whether a (N, B, d) is shared by points v (M, N or 1, d) — the exact-expectation
+        layout, where the contractions become matrix products."""
+        return a.dim() == 3 and v.dim() == 3 and v.shape[1] in (1, a.shape[0])
+
+    @classmethod
+    def _dot_features(cls, a: Tensor, v: Tensor) -> Tensor:
+        """a_iᵀv for every example: a (*Sb, B, d), v (*Sv, d) → (*S, B)."""
+        if cls._shared(a, v):
+            N, B, d = a.shape
+            if v.shape[1] == 1:            # one GEMM: (M, d) × (d, N·B)
+                return (v[:, 0] @ a.reshape(N * B, d).T).view(v.shape[0], N, B)
+            return torch.bmm(v.transpose(0, 1), a.transpose(1, 2)).transpose(0, 1)     # (N, M, d) × (N, d, B)
+        return torch.einsum("...bd,...d->...b", a, v)
 
     def _mean_scaled(self, w: Tensor, a: Tensor) -> Tensor:
         """mean_i w_i a_i over the minibatch axis: w (*S, B), a (*Sb, B, d) → (*S, d)."""
+        if self._shared(a, w) and w.shape[1] == a.shape[0]:
+            return torch.bmm(w.transpose(0, 1), a).transpose(0, 1).mul_(1.0 / self.batch_size)
         return torch.einsum("...b,...bd->...d", w, a * (1.0 / self.batch_size))
 
     def _with_shape(self, v: Tensor, x: Tensor, batch: Tensor) -> Tensor:
@@ -178,7 +197,7 @@ class GLMProblem(Problem):
     def hvp(self, x, batch, v):
         a, r = self._residuals(x, batch)
         _, d2 = self._derivs(r, 2)
-        av = torch.einsum("...bd,...d->...b", a, v)
+        av = self._dot_features(a, v)
         hv = self._mean_scaled(d2 * av, a)
         return self._with_shape(hv + self.l2 * v if self.l2 else hv, x, batch)
 
@@ -196,7 +215,7 @@ class GLMProblem(Problem):
         eps = rule(g, eigvec, x=x, generator=generator)
         if order == 0:
             return TaylorVectors(v=g, g=g, eps=eps, order=0, rho=rho)
-        ae = torch.einsum("...bd,...d->...b", a, eps)            # a_iᵀε, (*S, B)
+        ae = self._dot_features(a, eps)                          # a_iᵀε, (*S, B)
         if not components:
             # one fused combination: v = g + mean_i w_i a_i, w_i = a_iᵀε (ρφ''(r_i) + ρ²/2 φ'''(r_i) a_iᵀε)
             w = rho * d2

@@ -1,6 +1,8 @@
 """The measurement commands of the causal chain: their probes and tables, on tiny inputs."""
 import math
 
+import pytest
+
 import torch
 
 from figures import causal_mlp
@@ -16,7 +18,8 @@ from .problems import DTYPE, flat_batch_loss, tiny_mlp_problem
 def test_alignment_probe_measures_the_perturbation_of_the_step_before_the_record():
     p = tiny_mlp_problem()
     dyn = make_dynamics("sam", p, eta=0.1, rho=0.2)
-    probe = causal_mlp.AlignmentProbe(dyn, [0, 3], tol=1e-10, max_iters=50)
+    sub = p.subproblem(torch.arange(6), 6)
+    probe = causal_mlp.AlignmentProbe(dyn, [0, 3], tol=1e-10, max_iters=50, subset_problem=sub, extra=2)
     state = dyn.init_state(seed=2)
     dyn.advance(state, 2)
     assert math.isnan(probe.value)                       # steps 0, 1 are not probed
@@ -27,6 +30,15 @@ def test_alignment_probe_measures_the_perturbation_of_the_step_before_the_record
     H = torch.autograd.functional.hessian(flat_batch_loss(p, batch), x)
     v1 = torch.linalg.eigh(H)[1][:, -1]
     assert abs(probe.value - float(alignment(g / g.norm(), v1))) < 1e-8
+    (sample,) = probe.samples                            # Assumption B.2: gaps of H_γ and of the subset Hessian
+    lam = torch.linalg.eigvalsh(H)
+    assert sample["step"] == 2 and len(sample["relative_gap_minibatch"]) == 3
+    assert sample["relative_gap_minibatch"][0] == pytest.approx(float((lam[-1] - lam[-2]) / lam.abs().max()), rel=1e-6)
+    Hs = torch.autograd.functional.hessian(flat_batch_loss(sub, torch.arange(6)), x)
+    ls, Vs = torch.linalg.eigh(Hs)
+    assert sample["relative_gap_full"] == pytest.approx(float((ls[-1] - ls[-2]) / ls.abs().max()), rel=1e-6)
+    assert sample["align_minibatch"][0] == pytest.approx(probe.value, abs=1e-8)
+    assert sample["align_full"][0] == pytest.approx(float(alignment(g / g.norm(), Vs[:, -1])), abs=1e-6)
     # the probe does not change the trajectory
     plain = make_dynamics("sam", p, eta=0.1, rho=0.2)
     assert torch.equal(plain.advance(plain.init_state(seed=2), 3).x, state.x)

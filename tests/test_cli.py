@@ -16,20 +16,21 @@ ROOT = Path(__file__).resolve().parents[1]
 #: one bad option per command, refused before any training, simulation or timing
 BAD_OPTION = {
     "figure2": (["--steps", "0"], "--steps must be >= 1, got 0"),
+    "moment-test": (["--rhos", "0.1"], "--rhos needs at least 2 values"),
     "figure1": (["--seeds", "0"], "--seeds must be >= 1, got 0"),
     "figure3": (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     "figure5": (["--minibatches", "0"], "--minibatches must be >= 1, got 0"),
     "table1": (["--jobs", "0"], "--jobs must be >= 1, got 0"),
     "table_p": (["--seeds", "0"], "--seeds must be >= 1, got 0"),
     "appendix_a": (["--train-subset", "0"], "--train-subset must be >= 1, got 0"),
-    "weak-error": (["--chunks", "0"], "n_chunks must be an integer >= 1"),
+    "weak-error": (["--trajectories", "0"], "--trajectories must be >= 1, got 0"),
     "train": (["--epochs", "0"], "epochs must be an integer >= 1"),
     "bench oracles": (["--batch-size", "0"], "batch_size must be an integer >= 1"),
     "bench eigensam": (["--width", "0"], "width must be an integer >= 1"),
     "bench curvature": (["--data", "nope"], "--data must be 'mnist', 'synthetic' or 'npz:PATH'"),
-    "causal-mlp": (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    "causal-mlp": (["--seeds", "-1"], "--seeds must be distinct integers >= 0, got [-1]"),
     "alignment-sweep": (["--n-chunks", "0"], "--n-chunks must be >= 1, got 0"),
-    "eigen-weak-error": (["--chunks", "0"], "n_chunks must be an integer >= 1"),
+    "eigen-weak-error": (["--chunk-size", "0"], "--chunk-size must be >= 1, got 0"),
     "bench causal": (["--repeats", "0"], "repeats must be an integer >= 1"),
     "bench gpu": (["--parts", "nope"], "nope"),
 }
@@ -50,12 +51,15 @@ def test_every_command_has_a_bad_option_test_and_a_module():
         assert callable(importlib.import_module(command.module).main)
 
 
-def test_help_lists_every_command_with_its_time(capsys):
+def test_help_lists_every_command_with_its_module_and_the_version(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
     for name, command in cli.COMMANDS.items():
         (line,) = [l for l in out.splitlines() if l.startswith(f"  {name} ")]
-        assert command.quick_time in line and command.summary in line
+        assert command.summary in line and f"[python -m {command.module}]" in line
+    assert cli.main(["--version"]) == 0
+    import sdesam
+    assert capsys.readouterr().out.strip() == f"sdesam {sdesam.__version__}"
     assert "--debug" in out and cli.DEBUG_ENV in out
 
 
@@ -135,11 +139,11 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(capsys, monkeypatch, tmp_pa
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(figure2, "run", interrupted)
+    monkeypatch.setattr(figure2, "load_problem", interrupted)
     assert cli.main(["figure2", "--out", str(tmp_path / "f2")]) == 130
     err = capsys.readouterr().err.strip()
-    assert err == (f"sdesam figure2: interrupted (Ctrl-C); the records and checkpoints written so far "
-                   f"are kept in {tmp_path / 'f2'}; rerunning the same command resumes exactly")
+    assert err == (f"sdesam figure2: interrupted (Ctrl-C); what finished is kept in {tmp_path / 'f2'}; "
+                   "rerunning the same command resumes from it")
     module = importlib.import_module("benchmarks.oracles")
     monkeypatch.setattr(module, "main", interrupted)
     assert cli.main(["bench", "oracles"]) == 130

@@ -7,7 +7,7 @@ import figures.figure2 as figure2
 
 from .test_data_idx import write_mnist_style
 
-ARGS = ["--steps", "3", "--record-every", "2", "--seeds", "2", "--batch-size", "16", "--n-batches", "2",
+ARGS = ["--steps", "3", "--record-every", "2", "--seeds", "0", "1", "--batch-size", "16", "--n-batches", "2",
         "--hessian-examples", "32", "--eig-tol", "0.05", "--device", "cpu", "--no-progress"]
 
 
@@ -54,7 +54,7 @@ def test_tiny_run_writes_all_outputs_and_resumes(tmp_path, data_dir, monkeypatch
     assert len(calls) == 3                                       # finished runs were not redone
     assert (part / "records.csv").read_text() == (full / "records.csv").read_text()
 
-    with pytest.raises(SystemExit, match="another configuration"):
+    with pytest.raises(ValueError, match="holds results of another configuration .*'rho': \\(0.2, 0.1\\)"):
         figure2.main(["--out", str(part), "--data-dir", str(data_dir), *ARGS[:-1], "--rho", "0.1"])
 
 

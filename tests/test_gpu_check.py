@@ -1,7 +1,9 @@
 """benchmarks.gpu_check: the CPU smoke mode (``--device cpu --small``) runs every part of
 the GPU check without a failure and writes a complete report; a part that raises, crashes,
-hangs or fails one item is reported as failed while the check goes on; the CUDA-vs-CPU
-step comparison really replays the device's random draws."""
+hangs or fails one item is reported as failed while the check goes on; the step
+comparison of two problems is exact when both are on the CPU, and the random streams it
+relies on draw on CPU generators whatever the problem's device; ``benchmarks.oracles
+--examples`` sets the number of examples."""
 import json
 import os
 import signal
@@ -11,8 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from torch.overrides import TorchFunctionMode
 
 from benchmarks import gpu_check
+from benchmarks.gpu import parts
 
 # -- fake parts, run in child processes by the failure test ---------------------------------
 
@@ -103,26 +108,75 @@ def test_sigterm_takes_the_running_part_down_and_keeps_the_report(tmp_path):
     assert _gone_or_zombie(parts["hangs"]["results"]["grandchild_pid"])
 
 
-def test_replayed_step_uses_the_device_draws():
-    """The comparison's CPU step replays the other problem's minibatches and Brownian
-    increments exactly; without the replay the two steps differ."""
-    import torch
+def test_compare_steps_on_two_cpu_problems_are_equal():
+    """``step_increments`` of every dynamics on two copies of a problem: exactly the same
+    non-zero increment; another seed gives another one (the draws follow the seed)."""
+    from sdesam.registry import DYNAMICS
 
     from .problems import tiny_mlp_problem
-    ref, other = tiny_mlp_problem(n=12), tiny_mlp_problem(n=12)
-    cls = type(other)
-    # the "device" draws another stream of minibatches than the reference would
-    other.sample_batches = lambda num, gen: cls.sample_batches(other, num, torch.Generator().manual_seed(99))
-    hyper = {"eta": 0.1, "rho": 0.3, "n_batches": 3, "substeps": 2}
-    for name in ("sam", "eigen_sam", "sam_sde3"):
-        inc_ref, inc_other = gpu_check._replayed_step(name, ref, other, hyper)
-        assert gpu_check._rel_err(inc_ref, inc_other) == 0.0, name
-        assert inc_ref.abs().max() > 0
-        dyn = gpu_check._make_dynamics(name, ref, **hyper)
-        state = dyn.init_state(ref.x0.expand(2, -1), seed=3)
-        x0 = state.x.clone()
-        dyn.advance(state, 1)
-        assert gpu_check._rel_err(state.x - x0, inc_other) > 1e-3, name      # no replay: different draws
+    a, b = tiny_mlp_problem(n=12), tiny_mlp_problem(n=12)
+    candidates = {"eta": 0.1, "rho": 0.3, "n_batches": 3, "substeps": 2, "hessian_subset": torch.arange(6)}
+    for name in DYNAMICS:
+        inc_a, inc_b = parts.step_increments(name, a, b, candidates)
+        assert inc_a.abs().max() > 0 and parts.rel_err(inc_a, inc_b) == 0.0, name
+        other, _ = parts.step_increments(name, a, b, candidates, seed=4)
+        assert parts.rel_err(inc_a, other) > 1e-6, name
+
+
+class RandomDraws(TorchFunctionMode):
+    """Records (generator, output) of every random draw made while it is active."""
+
+    RANDOM = {torch.randn, torch.rand, torch.randint, torch.randperm, torch.normal}
+
+    def __init__(self):
+        super().__init__()
+        self.draws = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in self.RANDOM:
+            self.draws.append((kwargs.get("generator"), out))
+        return out
+
+
+class ProblemOn:
+    """The two members of a problem that ``draw_batches`` uses, on any device; its
+    ``sample_batches`` draws on the generator's device, as ``ModuleProblem``'s does."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def sample_batches(self, num, generator):
+        return torch.randint(50, (num, 4), generator=generator, device=generator.device).to(self.device)
+
+
+def test_streams_draw_on_cpu_generators_whatever_the_device():
+    """Minibatches and Brownian increments (every sub-step count: the tree and i.i.d.) of a
+    problem on another device are drawn by CPU generators, the same numbers as on the CPU."""
+    from sdesam import _streams
+    drawn = {}
+    for device in ("cpu", "meta"):
+        with RandomDraws() as mode:
+            batches = _streams.draw_batches(ProblemOn(device), 5, 2, num_trajectories=3, per_trajectory=2)
+            noise = [_streams.brownian_increments(5, 2, m, (3, 7), 0.1, dtype=torch.float64, device=device)
+                     for m in (1, 2, 4, 3)]
+        assert batches.device.type == device and {w.device.type for w in noise} == {device}
+        assert len(mode.draws) >= 6
+        for generator, out in mode.draws:
+            assert generator is not None and generator.device.type == "cpu" and out.device.type == "cpu"
+        drawn[device] = [out for _, out in mode.draws]
+    assert len(drawn["cpu"]) == len(drawn["meta"])
+    assert all(torch.equal(x, y) for x, y in zip(drawn["cpu"], drawn["meta"]))
+
+
+def test_oracles_benchmark_loads_the_examples_it_is_asked_for(capsys):
+    from benchmarks import oracles
+    argv = ["--batch-size", "8", "--repeats", "1", "--n-batches", "2", "--block-sizes", ""]
+    assert oracles.main([*argv, "--examples", "24"])["examples"] == 24
+    with pytest.raises(SystemExit):
+        oracles.main([*argv, "--examples", "4"])
+    assert "--examples must be at least --batch-size (8), got 4" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +208,8 @@ def test_small_cpu_check_is_complete_and_passes(small_check):
         assert max(errs["oracles"].values()) == 0 and max(errs["steps"].values()) == 0   # CPU against CPU
     r = parts["oracles"]["results"]
     assert r["B=16"]["v2_over_gradient"] > 0 and r["B=64"]["examples_enlarged_to_B"] is True
-    assert r["B=64"]["batch_size"] == 64
+    assert r["B=64"]["batch_size"] == 64 and r["B=64"]["examples"] == r["B=16"]["examples"] == 4096
+    assert "--examples" in r["B=64"]["argv"] and "--examples" not in r["B=16"]["argv"]
     r = parts["figure2"]["results"]
     assert set(r["seconds_per_step"]) == {"sam", "sam_sde2", "sam_sde3"} and r["extrapolated"]["total_s"] > 0
     r = parts["weak_error"]["results"]

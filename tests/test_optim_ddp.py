@@ -7,42 +7,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
-from sdesam.optim import EGR, SAM, EigenSAM
+from sdesam.testing import DDP_BATCH, DDP_OPTIMIZERS, DDP_STEPS, LR, RHO, ddp_equivalence_run, flat_parameters, \
+    tiny_classification_data, tiny_classifier
 from sdesam.training import TrainConfig, train
 from tests.test_data_idx import write_mnist_style
-from tests.test_optim import ETA, RHO, Reference, flat, make_data, make_net
+from tests.test_optim import Reference
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
-
-KINDS = ("sam", "eigen_sam", "egr", "sam_per_replica")
-STEPS, BATCH = 3, 8
-
-
-def build(kind, net, model):
-    kw = dict(lr=ETA, momentum=0.9, weight_decay=1e-3, model=model)
-    if kind == "sam":
-        return SAM(net.parameters(), rho=RHO, **kw)
-    if kind == "eigen_sam":
-        return EigenSAM(net.parameters(), rho=RHO, alpha=0.5, p=2, q=2, **kw)
-    if kind == "egr":
-        return EGR(net.parameters(), rho=RHO, **kw)
-    return SAM(net.parameters(), rho=RHO, lr=ETA, momentum=0.0, model=model, sync_perturbation=False)
-
-
-def run(kind, rank=0, world=1, ddp=False):
-    X, Y = make_data(STEPS * BATCH)
-    net = make_net(bn=False)
-    model = nn.parallel.DistributedDataParallel(net) if ddp else net
-    opt = build(kind, net, model)
-    share = BATCH // world
-    for k in range(STEPS):
-        rows = slice(k * BATCH + rank * share, k * BATCH + (rank + 1) * share)
-        opt.step(lambda: nn.functional.cross_entropy(model(X[rows]), Y[rows]))
-    return flat(net)
-
 
 def trainer_config(data_dir, out_dir) -> TrainConfig:
     """Eigen-SAM on a BatchNorm-free ResNet-18 (width 2), global batch 16."""
@@ -56,7 +29,7 @@ def _worker(rank, world, init_file, out, data_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        results = {kind: run(kind, rank, world, ddp=True) for kind in KINDS}
+        results = {kind: ddp_equivalence_run(kind, rank, world, ddp=True) for kind in DDP_OPTIMIZERS}
         trained = train(trainer_config(data_dir, f"{out}-run"))
         results["trainer"] = torch.cat([p.detach().reshape(-1) for p in trained.model.parameters()])
         results["history"] = trained.history
@@ -82,27 +55,27 @@ def ddp_results(tmp_path_factory, data_dir):
 
 @pytest.mark.parametrize("kind", ["sam", "eigen_sam", "egr"])
 def test_two_processes_equal_one_with_the_combined_batch(ddp_results, kind):
-    single = run(kind)
+    single = ddp_equivalence_run(kind)
     for rank in range(2):
         assert torch.allclose(ddp_results[rank][kind], single, rtol=0, atol=1e-12), rank
 
 
 def test_per_replica_perturbation_is_m_sharpness(ddp_results):
-    X, Y = make_data(STEPS * BATCH)
-    net = make_net(bn=False)
-    x = flat(net)
-    for k in range(STEPS):
+    X, Y = tiny_classification_data(DDP_STEPS * DDP_BATCH)
+    net = tiny_classifier()
+    x = flat_parameters(net)
+    for k in range(DDP_STEPS):
         grads = []
         for r in range(2):                      # each process: its own half's gradient
-            rows = slice(k * BATCH + 4 * r, k * BATCH + 4 * r + 4)
+            rows = slice(k * DDP_BATCH + 4 * r, k * DDP_BATCH + 4 * r + 4)
             ref = Reference(net, X[rows], Y[rows])
             g = ref.grad(x)
             grads.append(ref.grad(x + RHO * g / g.norm()))
-        x = x - ETA * (grads[0] + grads[1]) / 2  # perturbed gradients averaged
+        x = x - LR * (grads[0] + grads[1]) / 2  # perturbed gradients averaged
     for rank in range(2):
         assert torch.allclose(ddp_results[rank]["sam_per_replica"], x, rtol=0, atol=1e-12)
     # one process with the combined batch (= synchronised perturbation) is different
-    assert not torch.allclose(run("sam_per_replica"), x, rtol=0, atol=1e-6)
+    assert not torch.allclose(ddp_equivalence_run("sam_per_replica"), x, rtol=0, atol=1e-6)
 
 
 def test_trainer_two_processes_equal_one(ddp_results, data_dir, tmp_path):

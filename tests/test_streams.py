@@ -13,7 +13,8 @@ from .problems import logcosh_problem
 def test_keys_are_hashed_and_substep_zero_is_the_step():
     assert derived_seed(1, 2, 3) == derived_seed(1, 2, 3) != derived_seed(1, 2, 4)
     assert substep_key(5, 0, 7) == substep_key(5, 0, 7, 0) == (5, 0, 7)
-    assert substep_key(5, 0, 7, 2) == (5, 0, 7, 2)
+    assert substep_key(5, 0, 7, 2, 8) == substep_key(5, 0, 7, 1, 4) == (5, 0, 7, 1, 4)
+    assert substep_key(5, 0, 7, 3, 8) == (5, 0, 7, 3, 8)
 
 
 @pytest.mark.parametrize("m", [2, 4, 8])
@@ -73,3 +74,13 @@ def test_draws_use_cpu_generators_whatever_the_device(monkeypatch):
     draw_batches(p, 0, 0, 2)
     brownian_increments(0, 0, 4, (2, 2), 0.1, dtype=torch.float64, device="cpu")
     assert devices and set(devices) == {"cpu"}
+
+
+def test_runs_with_different_substeps_draw_the_same_minibatches_at_common_times():
+    from sdesam.registry import make_dynamics
+    p = logcosh_problem(n=8, batch_size=3)
+    sde = {m: make_dynamics("sam_sde3", p, eta=0.1, rho=0.2, n_batches=4, substeps=m, seed=3) for m in (1, 2, 4)}
+    # step 5, time 5 + 1/2: sub-step 1 of m = 2 and sub-step 2 of m = 4
+    assert torch.equal(sde[2]._batches(6, 5 * 2 + 1), sde[4]._batches(6, 5 * 4 + 2))
+    assert torch.equal(sde[1]._batches(6, 5), sde[4]._batches(6, 5 * 4))
+    assert not torch.equal(sde[4]._batches(6, 5 * 4 + 1), sde[4]._batches(6, 5 * 4 + 2))

@@ -1,4 +1,5 @@
-"""The weak-error CLI in-process: seeds matter, bad flags fail clearly, the MLP path runs."""
+"""The weak-error command in-process: seeds matter, reruns resume, bad flags fail clearly, the
+MLP path runs, the substeps mode extrapolates."""
 import json
 from pathlib import Path
 
@@ -8,17 +9,17 @@ import torch
 from validation.report import markdown
 from validation.weak_error import main as _main
 
-ARGS = ["--mode", "all", "--problem", "logcosh", "--etas", "0.1,0.05,0.025,0.0125", "--horizon", "0.1",
-        "--rho-eta", "0.025", "--rhos", "0.2,0.4,0.8", "--ablation-eta", "0.05", "--ablation-substeps", "1,2",
-        "--chunks", "5", "--chunk-size", "48", "--blocks-per-chunk", "4", "--substeps", "2",
+ARGS = ["--mode", "all", "--problem", "logcosh", "--etas", "0.1", "0.05", "0.025", "0.0125", "--horizon", "0.1",
+        "--rho-eta", "0.025", "--rhos", "0.2", "0.4", "0.8", "--ablation-eta", "0.05", "--ablation-substeps", "1", "2",
+        "--trajectories", "240", "--chunk-size", "48", "--blocks-per-chunk", "4", "--substeps", "2",
         "--n-boot", "200", "--no-progress", "--threads", "1"]
 
 
 def main(argv):
-    """The CLI in-process, restoring torch's thread count afterwards (--threads 1 sets it)."""
+    """The command in-process, restoring torch's thread count afterwards (--threads 1 sets it)."""
     threads = torch.get_num_threads()
     try:
-        _main(argv)
+        return _main(argv)
     finally:
         torch.set_num_threads(threads)
 
@@ -32,52 +33,88 @@ def _strip_times(obj):
 
 
 def _results(out: Path):
-    data = json.loads((out / "results.json").read_text())
+    data = json.loads((out / "summary.json").read_text())
     return _strip_times(data["results"]), data
 
 
-def test_a_different_seed_changes_the_results(tmp_path, capsys):
+def test_a_different_seed_changes_the_results_and_a_rerun_resumes(tmp_path, capsys):
     """Guards the sharding test: the results depend on the seed, so equality there means something."""
     small = ARGS[:]
     small[small.index("all")] = "eta"
-    small.append("--no-plot")
     outs = []
     for seed in (0, 1):
         main([*small, "--seed", str(seed), "--out", str(tmp_path / f"s{seed}")])
         outs.append(_results(tmp_path / f"s{seed}")[0])
     assert outs[0] != outs[1]
+    chunks = sorted((tmp_path / "s0" / "settings").rglob("*.npz"))
+    stamps = {p: p.stat().st_mtime_ns for p in chunks}
+    main([*small, "--seed", "0", "--out", str(tmp_path / "s0")])          # resumes: no chunk rewritten
+    assert _results(tmp_path / "s0")[0] == outs[0]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    with pytest.raises(ValueError, match="holds results of another configuration .*'seed': \\(0, 1\\)"):
+        main([*small, "--seed", "1", "--out", str(tmp_path / "s0")])
     report = markdown(tmp_path / "s0")                  # python -m validation.report DIR
     assert "| η | ρ | N | SGD-SDE | SAM-SDE2 | SAM-SDE3 |" in report
     assert report.count("slope vs η") == 3             # one fit row per test function
+    rows = (tmp_path / "s0" / "errors.csv").read_text().splitlines()
+    assert rows[0].startswith("sweep,setting,eta,rho,model,test,error,se") and len(rows) == 1 + 4 * 3 * 3
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--etas", "0.1,0.05,0.02,0.01"], "geometric"),
-    (["--etas", "0.1,0.05,0.025"], "at least 4"),
+    (["--etas", "0.1", "0.05", "0.02", "0.01"], "geometric"),
+    (["--etas", "0.1", "0.05", "0.025"], "at least 4"),
     (["--horizon", "0.33"], "multiple"),
-    (["--mode", "speed"], "mode"),
-    (["--problem", "mnist"], "problem"),
+    (["--mode", "speed"], "invalid choice"),
+    (["--problem", "mnist"], "invalid choice"),
     (["--n-batches", "1"], "K"),
     (["--chunk-size", "10", "--blocks-per-chunk", "3"], "multiple"),
-    (["--tests", "loss,energy"], "test function"),
+    (["--tests", "loss", "energy"], "test function"),
+    (["--models", "sam"], "--models must name SDEs"),
+    (["--full"], "--problem mlp"),
+    (["--extrapolate", "--substeps", "3"], "even"),
+    (["--device", "tpu"], "device must be cpu, cuda or cuda:N"),
 ])
 def test_bad_flags_exit_with_a_clear_message(tmp_path, capsys, flags, message):
-    with pytest.raises(SystemExit) as exc:
-        main([*flags, "--out", str(tmp_path)])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    from sdesam.cli import run_main
+    try:
+        code = run_main(_main, "python -m validation.weak_error", [*flags, "--out", str(tmp_path / "o")])
+    except SystemExit as exc:                     # argparse's own errors (invalid choice)
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
 
 
-def test_mlp_quick_configuration_runs_on_synthetic_data(tmp_path, capsys):
-    """The MLP path end to end (ModuleProblem, Monte Carlo K, Taylor-mode oracles) at a tiny M,
-    on random MNIST-shaped tensors — labelled as such in the results."""
+def test_mlp_configuration_runs_on_synthetic_data(tmp_path, capsys):
+    """The MLP path end to end (ModuleProblem, Monte Carlo K, antithetic pairs, different M for
+    SAM and the SDEs) at a tiny M, on random MNIST-shaped tensors — labelled as such."""
     out = tmp_path / "mlp"
-    main(["--problem", "mlp", "--dataset", "synthetic", "--chunks", "1", "--chunk-size", "2",
-          "--blocks-per-chunk", "2", "--n-boot", "100", "--no-progress", "--no-plot", "--threads", "1",
-          "--out", str(out)])
+    main(["--problem", "mlp", "--dataset", "synthetic", "--etas", "0.08", "0.04", "0.02", "0.01",
+          "--horizon", "0.08", "--trajectories", "8", "--chunk-size", "4", "--blocks-per-chunk", "2",
+          "--discrete-trajectories", "16", "--discrete-chunk-size", "8", "--substeps", "2", "--n-train", "256",
+          "--eval-examples", "32", "--n-boot", "100", "--no-progress", "--threads", "1", "--out", str(out)])
     _, data = _results(out)
-    cfg = data["config"]
-    assert cfg["problem"]["problem"] == "mlp-synthetic" and cfg["problem"]["dim"] == 784 * 32 + 32 + 32 * 10 + 10
-    assert "synthetic" in cfg["data_source"] and cfg["sde_kwargs"]["n_batches"] == 4
-    errs = data["results"]["eta"]["settings"][-1]["errors"]
-    assert all(0 < errs[m][t]["error"] < float("inf") for m in errs for t in errs[m])
+    assert data["problem"]["problem"] == "mnist-mlp-synthetic-32" and data["problem"]["dim"] == 784 * 32 + 32 + 330
+    assert "synthetic" in data["data_source"]
+    assert data["plans"]["models"]["trajectories"] == 8 and data["plans"]["discrete"]["trajectories"] == 16
+    e = data["results"]["eta"]["settings"][-1]
+    assert e["dynamics"]["sam_sde3"]["antithetic"] and e["dynamics"]["sam_sde3"]["n_batches"] == 2
+    assert all(0 < e["errors"][m][t]["error"] < float("inf") for m in e["errors"] for t in e["errors"][m])
+    vr = e["variance_reduction"]
+    assert set(vr["antithetic"]) == {"sgd_sde", "sam_sde2", "sam_sde3"}
+    assert vr["common_random_numbers"]["sam_sde2 - sam_sde3"]["sqnorm"] > 1     # sharing the noise helps
+
+
+def test_substeps_mode_runs_every_m_and_extrapolates(tmp_path, capsys):
+    out = tmp_path / "sub"
+    main(["--mode", "substeps", "--etas", "0.1", "0.05", "0.025", "0.0125", "--horizon", "0.1", "--models", "sam_sde3",
+          "--ablation-substeps", "1", "2", "4", "--trajectories", "200", "--chunk-size", "100",
+          "--blocks-per-chunk", "10", "--n-boot", "100", "--no-progress", "--threads", "1", "--out", str(out)])
+    res, data = _results(out)
+    fits = res["eta"]["fits"]
+    assert set(fits) == {"sam_sde3|m=1", "sam_sde3|m=2", "sam_sde3|m=4", "sam_sde3@m→∞"}
+    e = res["eta"]["settings"][0]
+    m4, m2 = (e["curves"]["model_mean"][k] for k in ("sam_sde3|m=4", "sam_sde3|m=2"))
+    ext = e["curves"]["model_mean"]["sam_sde3@m→∞"]
+    assert ext[-1][0] == pytest.approx(2 * m4[-1][0] - m2[-1][0], rel=1e-12)
+    assert "eta/sam_sde3@m→∞/loss" in res["checks"]

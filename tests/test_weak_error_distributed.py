@@ -21,6 +21,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, capsys):
     r2, d2 = _results(two)
     assert d1["runtime"]["world_size"] == 1 and d2["runtime"]["world_size"] == 2
     assert d2["runtime"]["backend"] == "gloo"
+    assert (one / "errors.csv").read_text() == (two / "errors.csv").read_text()
     assert r1 == r2                                   # every number, bit for bit
     assert (two / "weak_error.png").is_file() and (two / "weak_error_rho.png").is_file()
     # the comparison is not vacuous: the errors are non-zero and differ between models

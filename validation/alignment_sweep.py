@@ -26,21 +26,15 @@ time, every number) and ``runs/kappa=*.json`` (one per finished κ; a rerun resu
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import json
-import os
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from sdesam.atomic import atomic_write_text
 from sdesam.curvature import alignment
+from sdesam.experiment import command
 from sdesam.registry import make_dynamics
 from sdesam.eigenpairs import minibatch_top_eigenpairs
 from sdesam.montecarlo import ChunkPlan, standard_tests
@@ -48,7 +42,7 @@ from sdesam.parallel import Comm
 from sdesam.rules import DirectionRule
 from sdesam.toys import logistic_problem
 
-from .experiment import Setting, _rng, _summarise, measure_setting
+from .experiment import Setting, _rng, _summarise, measure_setting, num_steps
 
 MODELS = ("sam_sde3", "aligned_sde5", "aligned_sde6")
 LABELS = {"sam_sde3": "SAM-SDE3 (Eq. 4)", "aligned_sde5": "Eq. 5", "aligned_sde6": "Eq. 6"}
@@ -76,6 +70,16 @@ class Config:
     @property
     def rho(self) -> float:
         return self.c * self.eta ** (1 / 3)
+
+    def validate(self) -> "Config":
+        from sdesam._checks import check_positive
+        for k in self.kappas:
+            check_positive("kappa", k)
+        check_positive("eta", self.eta)
+        check_positive("c", self.c)
+        num_steps(self.horizon, self.eta)
+        ChunkPlan(self.n_chunks, self.chunk_size, self.blocks_per_chunk)
+        return self
 
 
 def alignment_and_gaps(problem, cfg: Config) -> dict:
@@ -116,16 +120,14 @@ def run_kappa(kappa: float, index: int, cfg: Config, progress=None) -> dict:
     res = measure_setting(problem, setting, tests=tests, plan=plan, key=(cfg.seed, 11, index), comm=Comm(),
                           progress=progress)
     entry, _ = _summarise(res, cfg.n_boot, _rng(cfg.seed, "eta", 1000 + index))
-    entry.pop("_blocks", None)
     return {"kappa": kappa, "problem": problem.config(), "diagnostics": diag, "errors": entry["errors"],
             "curves": entry["curves"], "wall_s": time.perf_counter() - t0, "model_wall_s": entry["wall_s"]}
 
 
-def plot(results: list[dict], cfg: Config, out: Path) -> None:
+def plot(results: list[dict], cfg: Config):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from figures.common import save_figure
     tests = list(results[0]["errors"][MODELS[0]])
     fig, axes = plt.subplots(1, len(tests) + 1, figsize=(5 * (len(tests) + 1), 4.2))
     # x: κ (log scale), labelled with the measured alignment (it saturates at large κ)
@@ -160,63 +162,30 @@ def plot(results: list[dict], cfg: Config, out: Path) -> None:
     fig.suptitle(f"logistic toy, features (κ, 0.6, 0.3), κ ∈ {list(cfg.kappas)}: η = {cfg.eta}, ρ = {cfg.rho:.3g}, "
                  f"T = {cfg.horizon}, m = {cfg.substeps}, M = {cfg.n_chunks * cfg.chunk_size}; bars ±1 bootstrap SE")
     fig.tight_layout()
-    save_figure(fig, out, "alignment_sweep")
+    return fig
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("runs/alignment_sweep"))
-    ap.add_argument("--full", action="store_true")
-    ap.add_argument("--threads", type=int, default=1)
-    for f in fields(Config):
-        if f.name == "kappas":
-            ap.add_argument("--kappas", type=lambda s: tuple(float(v) for v in s.split(",")), default=None)
-        else:
-            ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
-    args = ap.parse_args(argv)
-    cfg = Config.full() if args.full else Config()
-    for f in fields(Config):
-        if getattr(args, f.name) is not None:
-            setattr(cfg, f.name, getattr(args, f.name))
-    from figures.common import check_counts
-    check_counts(cfg, zero_allowed=("seed",))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from figures.common import environment, write_json_atomic
+def run(cfg: Config, output, opts) -> dict:
     t_start = time.perf_counter()
-    out = args.out
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    saved = out / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(asdict(cfg))):
-        raise SystemExit(f"{out} holds another configuration; use another --out")
-    write_json_atomic(asdict(cfg), saved)
     results = []
     for i, kappa in enumerate(cfg.kappas):
-        path = out / "runs" / f"kappa={kappa:g}.json"
-        if path.exists():
-            results.append(json.loads(path.read_text()))
+        name = f"runs/kappa={kappa:g}.json"
+        if output.file(name).exists():
+            results.append(json.loads(output.file(name).read_text()))
             continue
-        print(f"kappa = {kappa:g} ...", file=sys.stderr, flush=True)
+        if opts.progress:
+            print(f"kappa = {kappa:g} ...", file=sys.stderr, flush=True)
+        output.file("runs").mkdir(exist_ok=True)
         r = run_kappa(kappa, i, cfg)
-        write_json_atomic(r, path)
+        output.json(name, r)
         results.append(r)
-    rows = []
-    for r in results:
-        for m in MODELS:
-            for t, e in r["errors"][m].items():
-                rows.append({"kappa": r["kappa"], "alignment": r["diagnostics"]["align"], "model": m, "test": t,
-                             "error": e["error"], "se": e["se"]})
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "records.csv", buf.getvalue())
-    plot(results, cfg, out)
-    summary = {"experiment": "alignment sweep (Corollary 4.1.1)", "config": {**asdict(cfg), "rho": cfg.rho},
-               "results": results, "environment": environment("cpu"),
-               "wall_seconds_this_invocation": time.perf_counter() - t_start,
-               "python": platform.python_version(), "cpu_count": os.cpu_count()}
-    write_json_atomic(summary, out / "summary.json")
+    rows = [{"kappa": r["kappa"], "alignment": r["diagnostics"]["align"], "model": m, "test": t,
+             "error": e["error"], "se": e["se"]}
+            for r in results for m in MODELS for t, e in r["errors"][m].items()]
+    output.csv("records.csv", ("kappa", "alignment", "model", "test", "error", "se"), rows)
+    output.figure(plot(results, cfg), "alignment_sweep")
+    summary = output.summary({"experiment": "alignment sweep (Corollary 4.1.1)", "rho": cfg.rho,
+                              "results": results}, "cpu", t_start)
     print(f"{'kappa':>6} {'Align':>7} {'|cos|':>6} {'gap_rho':>9} {'gap_rho2':>9} {'rho*EHu':>9}  "
           + "  ".join(f"{LABELS[m] + ' [loss]':>22}" for m in MODELS))
     for r in results:
@@ -226,6 +195,9 @@ def main(argv=None) -> dict:
                   f"{r['errors'][m]['loss']['error']:.2e}±{r['errors'][m]['loss']['se']:.1e}".rjust(22) for m in MODELS))
     print(f"wall time {summary['wall_seconds_this_invocation']:.0f} s")
     return summary
+
+
+main = command("validation.alignment_sweep", __doc__, Config, run, default_device="cpu")
 
 
 if __name__ == "__main__":

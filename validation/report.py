@@ -1,4 +1,4 @@
-"""Markdown tables from a weak-error ``results.json`` (used to write docs/weak_error.md).
+"""Markdown tables from a weak-error ``summary.json`` (the tables of docs/results/weak_error.md).
 
     python -m validation.report DIR [DIR ...]
 
@@ -25,6 +25,8 @@ def _pm(d: dict) -> str:
 
 
 def _ci(f: dict) -> str:
+    if f is None:
+        return "(no fit: an error is 0)"
     b, r = f.get("ci_bootstrap"), f["ci_regression"]
     s = f"**{f['slope']:.3f}**"
     if b:
@@ -42,6 +44,8 @@ def key_name(key: str) -> str:
 
 def _local(r: dict, m: str, t: str, xs) -> list[float]:
     """Slopes between neighbouring grid points (from the file, or recomputed from the errors)."""
+    if r["fits"][m][t] is None:
+        return []
     if "local_slopes" in r["fits"][m][t]:
         return r["fits"][m][t]["local_slopes"]
     y = [e["errors"][m][t]["error"] for e in r["settings"] if e[key_name("η" if r["sweep"] == "eta" else "ρ")] > 0]
@@ -73,16 +77,18 @@ def _sweep(r: dict, key: str) -> list[str]:
 
 
 def markdown(path: Path) -> str:
-    data = json.loads((Path(path) / "results.json").read_text())
-    cfg, res, rt = data["config"], data["results"], data["runtime"]
-    out = [f"### `{cfg['command']}`", "",
-           f"problem `{cfg['problem']['problem']}` (d = {cfg['problem']['dim']}, n = {cfg['problem']['n_train']}, "
-           f"B = {cfg['problem']['batch_size']}), data: {cfg['data_source']}; "
-           f"M = {cfg['plan']['trajectories']} trajectories per run ({cfg['plan']['n_chunks']} chunks × "
-           f"{cfg['plan']['chunk_size']}, bootstrap over {cfg['plan']['n_chunks'] * cfg['plan']['blocks_per_chunk']} "
-           f"blocks); SDE options {cfg['sde_kwargs']}; T = {cfg['resolved']['horizon']}, "
-           f"c = {cfg['resolved']['c']}; wall time {rt['wall_s_total']:.0f} s "
-           f"({rt['world_size']} process(es), {rt['torch_threads']} thread(s) each)."]
+    data = json.loads((Path(path) / "summary.json").read_text())
+    cfg, res, rt, prob = data["config"], data["results"], data["runtime"], data["problem"]
+    plans = data["plans"]
+    env = data["environment"]
+    out = [f"### `{data['command']}`", "",
+           f"problem `{prob['problem']}` (d = {prob['dim']}, n = {prob['n_train']}, B = {prob['batch_size']}), "
+           f"data: {data['data_source']}; M = {plans['models']['trajectories']} trajectories per SDE "
+           f"({plans['models']['n_blocks']} bootstrap blocks), {plans['discrete']['trajectories']} of "
+           f"{cfg['discrete']}; SDEs: m = {cfg['substeps']} sub-steps, K = {cfg['n_batches']}, diffusion "
+           f"{cfg['diffusion']}, antithetic {cfg['antithetic']}; T = {cfg['horizon']}, c = {cfg['c']}; wall time "
+           f"{data['wall_seconds_this_invocation']:.0f} s ({rt['world_size']} process(es), "
+           f"{env['torch_threads']} thread(s) each; commit {env['git_commit']})."]
     if "eta" in res:
         out.append("\nErrors E(η) = max_k |E g(x_k) − E g(X_kη)| ± bootstrap SE:")
         out += _sweep(res["eta"], "η")

@@ -1,6 +1,6 @@
 """Weak errors with batch-means bootstrap standard errors, and log-log slope fits.
 
-Weak error of a model process X against the discrete process x (DESIGN §3.4):
+Weak error of a model process X against the discrete process x (docs/math.md §8):
 
     E = max_k |E g(x_k) − E g(X_{kη})|,
 
