@@ -212,31 +212,82 @@ def lambda_drop(records: list[dict]) -> dict:
     return out
 
 
-def answers(tables: dict, drops: dict) -> dict:
-    """The issue's three questions, answered from the measured tables (per metric)."""
-    out = {}
-    sam = tables.get("sam", {})
-    q1 = {m: {"sam_sde3": row.get("sam_sde3"), "aligned_sde5": row.get("aligned_sde5"),
-              "sam_seed_se": row["sam_seed_se"],
-              "sde3_closer": (row.get("sam_sde3") is not None and row.get("aligned_sde5") is not None
-                              and row["sam_sde3"] < row["aligned_sde5"])} for m, row in sam.items()}
-    out["Q1 does SAM-SDE3 track SAM better than Eq. 5?"] = q1
-    q2 = {}
+def _jackknife(records: list[dict], statistic) -> tuple[float, float]:
+    """(statistic(records), its jackknife standard error over the seeds): the statistic
+    recomputed with each seed left out (every dynamics loses the same seed)."""
+    seeds = sorted({r["seed"] for r in records})
+    full = statistic(records)
+    if len(seeds) < 2:
+        return full, math.nan
+    loo = np.array([statistic([r for r in records if r["seed"] != s]) for s in seeds])
+    n = len(seeds)
+    return full, float(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()))
+
+
+def _verdict(value: float, se: float, yes: str, no: str) -> str:
+    """A verdict only where the value is ≥ 3 standard errors from zero."""
+    if not math.isfinite(se) or se == 0:
+        return "not resolved (no standard error)"
+    z = value / se
+    return yes if z >= 3 else no if z <= -3 else f"not resolved ({z:+.1f} SE)"
+
+
+def answers(records: list[dict]) -> dict:
+    """The three questions of the causal chain, per metric, each with its jackknife
+    standard error over the seeds and a verdict where it is ≥ 3 SE from zero:
+
+    * Q1: discrepancy(Eq. 5 vs SAM) − discrepancy(SAM-SDE3 vs SAM) > 0 ⇔ SAM-SDE3 is closer;
+    * Q2: discrepancy(Eq. 5 vs SAM) − discrepancy(Eq. 5 vs Eigen-SAM) > 0 ⇔ Eigen-SAM (or the
+      ideal Eigen-SAM) is closer to Eq. 5 than SAM is;
+    * Q3: the per-seed λ₁ drop under Eq. 5 minus that under Eq. 4 (paired: the SDEs share
+      their random numbers seed by seed) < 0 ⇔ λ₁ falls faster under Eq. 5.
+    """
+    present = {r["dynamics"] for r in records}
+    metrics = [m for m in FIGURE2_METRICS if any(r["metric"] == m for r in records)]
+    out = {"Q1 does SAM-SDE3 track SAM better than Eq. 5?": {},
+           "Q2 is Eigen-SAM (and ideal Eigen-SAM) closer to Eq. 5 than SAM is?": {},
+           "Q3 does λ1 fall faster under Eq. 5 than under Eq. 4?": None}
+
+    def disc(recs, ref, other, metric):
+        return figure2.discrepancy_table(recs, reference=ref).get(metric, {}).get(other, math.nan)
+
+    if {"sam", "sam_sde3", "aligned_sde5"} <= present:
+        for m in metrics:
+            value, se = _jackknife(records, lambda r, m=m: disc(r, "sam", "aligned_sde5", m)
+                                   - disc(r, "sam", "sam_sde3", m))
+            out["Q1 does SAM-SDE3 track SAM better than Eq. 5?"][m] = {
+                "eq5_minus_sde3": value, "se": se, "eq5": disc(records, "sam", "aligned_sde5", m),
+                "sde3": disc(records, "sam", "sam_sde3", m),
+                "verdict": _verdict(value, se, "yes: SAM-SDE3 is closer", "no: Eq. 5 is closer")}
     for ref in ("eigen_sam", "ideal_eigen_sam"):
-        if ref in tables:
-            q2[ref] = {m: {"to_eq5_from_" + ref: row.get("aligned_sde5"),
-                           "to_eq5_from_sam": sam.get(m, {}).get("aligned_sde5"),
-                           "closer_than_sam": (row.get("aligned_sde5") is not None and m in sam
-                                               and row["aligned_sde5"] < sam[m].get("aligned_sde5", math.inf)),
-                           "seed_se_" + ref: row["sam_seed_se"]} for m, row in tables[ref].items()}
-    out["Q2 is Eigen-SAM (and ideal Eigen-SAM) closer to Eq. 5 than SAM is?"] = q2
-    if "aligned_sde5" in drops and "sam_sde3" in drops:
-        a, b = drops["aligned_sde5"], drops["sam_sde3"]
+        if {"sam", ref, "aligned_sde5"} <= present:
+            q2 = {}
+            for m in metrics:
+                value, se = _jackknife(records, lambda r, m=m: disc(r, "sam", "aligned_sde5", m)
+                                       - disc(r, ref, "aligned_sde5", m))
+                q2[m] = {"sam_minus_" + ref: value, "se": se, "from_sam": disc(records, "sam", "aligned_sde5", m),
+                         "from_" + ref: disc(records, ref, "aligned_sde5", m),
+                         "verdict": _verdict(value, se, f"yes: {ref} is closer to Eq. 5", "no: SAM is closer")}
+            out["Q2 is Eigen-SAM (and ideal Eigen-SAM) closer to Eq. 5 than SAM is?"][ref] = q2
+    drops = _per_seed_drops(records)
+    if {"aligned_sde5", "sam_sde3"} <= set(drops):
+        common = sorted(set(drops["aligned_sde5"]) & set(drops["sam_sde3"]))
+        d = np.array([drops["aligned_sde5"][s] - drops["sam_sde3"][s] for s in common])
+        se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
         out["Q3 does λ1 fall faster under Eq. 5 than under Eq. 4?"] = {
-            "drop_eq5": a, "drop_eq4": b, "difference": a["mean"] - b["mean"],
-            "difference_se": math.sqrt(a["se"] ** 2 + b["se"] ** 2),
-            "eq5_falls_faster": a["mean"] < b["mean"]}
+            "drop_eq5_minus_drop_eq4": float(d.mean()), "se": se, "seeds": common,
+            "verdict": _verdict(-float(d.mean()), se, "yes: λ₁ falls faster under Eq. 5",
+                                "no: λ₁ falls faster under Eq. 4")}
     return out
+
+
+def _per_seed_drops(records: list[dict]) -> dict:
+    """{dynamics: {seed: λ₁(last recorded step) − λ₁(0)}}."""
+    out: dict = {}
+    for r in records:
+        if r["metric"] == "top_eigenvalue":
+            out.setdefault(r["dynamics"], {}).setdefault(r["seed"], {})[r["step"]] = r["value"]
+    return {d: {s: v[max(v)] - v[min(v)] for s, v in by_seed.items()} for d, by_seed in out.items()}
 
 
 def assumption_b2(runs: dict, tol: float) -> dict:
@@ -430,7 +481,7 @@ def run(cfg: Config, output, opts) -> dict:
         "dynamics": {d.name: jsonable(d.config()) for d in dynamics}, "problem": problem.config(),
         "run_wall_seconds": {k: v["wall_seconds"] for k, v in runs.items()},
         "discrepancy": tables, "discrepancy_definition": discrepancy_tables.__doc__.strip(),
-        "lambda1_drop": drops, "answers": answers(tables, drops), "alignment": align, "assumption_b2": b2,
+        "lambda1_drop": drops, "answers": answers(records), "alignment": align, "assumption_b2": b2,
         "eigen_diagnostics": eig_diag, "record_fields": list(RECORD_FIELDS), "missing_runs": missing,
     }
     summary = output.summary(summary, device, t_start)

@@ -1,7 +1,10 @@
-"""Train an image classifier with SGD, SAM, USAM, Reverse-SAM, EGR or Eigen-SAM.
+"""Train an image classifier with SGD, SAM, USAM, Reverse-SAM, ASAM, Fisher-SAM, GSAM, WSAM,
+m-SAM, EGR or Eigen-SAM.
 
     python -m sdesam.train --preset table1 --dataset cifar10 --model resnet18 --method eigen_sam --seed 0
     sdesam train --preset table1_quick --method sam --seed 1
+    sdesam train --preset table1_quick --method gsam --gsam-alpha 0.2 --rho-min 0.01
+    sdesam train --preset table1_quick --method msam --micro-batches 4 --svag 4   # m-SAM, SVAG l = 4
     sdesam train --preset official --dataset cifar100 --model resnet18 --rho 0.1   # RitianLuo/EigenSAM
     sdesam train --dataset fashion_mnist --model resnet18 --model-kwarg width=8 --method sgd \\
         --epochs 3 --train-subset 2000 --out-dir runs/try
@@ -13,7 +16,9 @@ Without ``--preset`` the defaults are ``TrainConfig``'s (Table 1's SAM settings)
 ``--no-flag``; ``none`` for an optional number); ``--model-kwarg KEY=VALUE`` (repeatable,
 VALUE parsed as JSON when possible) fills ``model_kwargs``. ``--resume`` continues the run
 in ``--out-dir``; ``--print-config`` prints the resolved configuration and exits. The
-final metrics are printed as one JSON line.
+final metrics are printed as one JSON line. An invalid combination of options (e.g.
+``--micro-batches 3`` with a batch of 256, ``--svag 0``, ``--gamma 1``) is refused before
+anything runs, with one line naming it.
 """
 from __future__ import annotations
 

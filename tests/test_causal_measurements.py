@@ -66,13 +66,30 @@ def test_tables_and_answers_follow_the_measured_numbers():
     assert abs(tables["eigen_sam"]["train_loss"]["aligned_sde5"] - 0.05 / rng) < 1e-9
     drops = causal_mlp.lambda_drop(recs)
     assert abs(drops["sam"]["mean"] - 1.9) < 1e-12          # λ₁ = 10 − loss rises by 2 and 1.8
-    ans = causal_mlp.answers(tables, drops)
+    ans = causal_mlp.answers(recs)
     q1 = ans["Q1 does SAM-SDE3 track SAM better than Eq. 5?"]["train_loss"]
-    assert q1["sde3_closer"] is False
+    assert q1["eq5_minus_sde3"] == pytest.approx((0.1 - 0.3) / rng) and q1["verdict"] == "no: Eq. 5 is closer"
     q2 = ans["Q2 is Eigen-SAM (and ideal Eigen-SAM) closer to Eq. 5 than SAM is?"]["eigen_sam"]["train_loss"]
-    assert q2["closer_than_sam"] is True
+    assert q2["sam_minus_eigen_sam"] == pytest.approx(0.05 / rng)
     q3 = ans["Q3 does λ1 fall faster under Eq. 5 than under Eq. 4?"]
-    assert abs(q3["difference"]) < 1e-12 and q3["eq5_falls_faster"] is False
+    assert abs(q3["drop_eq5_minus_drop_eq4"]) < 1e-12
+
+
+def test_verdicts_need_three_standard_errors():
+    """Five seeds whose differences are resolved give verdicts; noise gives none."""
+    steps = (0, 10, 20)
+    recs = []
+    g = torch.Generator().manual_seed(0)
+    for s in range(5):
+        for k, step in enumerate(steps):
+            base = 3.0 - k + 0.01 * float(torch.randn(1, generator=g))
+            for dyn, off in (("sam", 0.0), ("sam_sde3", 0.02), ("aligned_sde5", 0.3)):
+                recs.append({"dynamics": dyn, "seed": s, "step": step, "time": step / 10, "metric": "train_loss",
+                             "value": base + (off if k else 0.0) + 0.001 * s * (dyn == "aligned_sde5")})
+    q1 = causal_mlp.answers(recs)["Q1 does SAM-SDE3 track SAM better than Eq. 5?"]["train_loss"]
+    assert q1["eq5_minus_sde3"] > 3 * q1["se"] and q1["verdict"] == "yes: SAM-SDE3 is closer"
+    assert causal_mlp._verdict(1.0, 0.5, "yes", "no") == "not resolved (+2.0 SE)"
+    assert causal_mlp._verdict(-2.0, 0.5, "yes", "no") == "no"
 
 
 def test_alignment_sweep_diagnostics_on_the_toy():

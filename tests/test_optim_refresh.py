@@ -116,7 +116,10 @@ def test_lanczos_state_dict_resumes_bit_identically(estimator):
     opt = EigenSAM(net.parameters(), lr=0.1, rho=0.1, p=2, weight_decay=5e-4, model=net,
                    estimator=estimator)
     assert opt.q == {"lanczos": 4, "power": 5}[estimator]
-    batch = lambda k: (X[k % 3 * 4:k % 3 * 4 + 4], Y[k % 3 * 4:k % 3 * 4 + 4])
+
+    def batch(k):
+        return X[k % 3 * 4:k % 3 * 4 + 4], Y[k % 3 * 4:k % 3 * 4 + 4]
+
     for k in range(3):
         Xb, Yb = batch(k)
         opt.step(lambda: nn.functional.cross_entropy(net(Xb), Yb))

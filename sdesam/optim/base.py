@@ -17,11 +17,22 @@ optimizer (SGD with momentum 0.9 unless told otherwise):
 Closures. ``step(closure)`` calls ``closure()`` one or more times at different
 parameters; the closure evaluates the minibatch loss and *returns it without calling
 backward()* — the optimizer differentiates it itself, because EGR and Eigen-SAM need
-its second derivatives. The same minibatch must be used on every call.
+its second derivatives. The same minibatch must be used on every call. A loss that
+looks multiplied by a ``GradScaler`` (the product of the loss with a 0-dim float32
+tensor holding a power of two ≥ 256, ``GradScaler.scale``'s output) is refused: the
+SAM family scales the loss itself when given ``scaler=``.
+
+BatchNorm. ``model=`` names the module the closure evaluates, so that the extra passes
+(SAM's perturbed pass, Eigen-SAM's Hessian-vector products) leave its running
+statistics alone. Without ``model=`` the optimizer refuses, with a ValueError and before
+any buffer changes, an extra pass that runs a BatchNorm layer which would update them
+(``norm_stats.refuse_running_stat_updates``); ``model=None`` says explicitly that every
+pass may update them.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
@@ -29,11 +40,49 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .._checks import check_nonnegative
+from .norm_stats import refuse_running_stat_updates
 
-__all__ = ["WrappedOptimizer", "Closure"]
+__all__ = ["WrappedOptimizer", "Closure", "MODEL_NOT_GIVEN"]
 
-#: ``closure() -> loss``: the minibatch loss as a scalar tensor attached to the graph.
-Closure = Callable[[], Tensor]
+#: ``closure() -> loss``: the minibatch loss as a scalar tensor attached to the graph
+#: (``closure(part)`` for a step split into parts: ``sdesam.optim.SAM``).
+Closure = Callable[..., Tensor]
+
+#: options of the SAM family that no base optimizer takes: refused by the wrappers that
+#: do not implement them instead of being passed on to the base optimizer
+_FAMILY_OPTIONS = ("update", "micro_batches", "accumulate", "svag", "scaler", "clip_grad_norm", "clip_ascent")
+
+
+def refuse_family_options(cls, kwargs: dict) -> None:
+    """ValueError when ``kwargs`` (bound for the base optimizer) hold an option of the SAM
+    family that ``cls`` does not implement."""
+    refused = [name for name in _FAMILY_OPTIONS if name in kwargs]
+    if refused:
+        raise ValueError(f"{cls.__name__} does not take {', '.join(refused)}= (options of "
+                         "sdesam.optim.SAM and its family)")
+
+
+class _ModelNotGiven:
+    def __repr__(self) -> str:
+        return "<model not given>"
+
+
+#: the default of ``model=``: the optimizer guards BatchNorm statistics by refusing (see
+#: the module docstring); ``model=None`` opts out of the guard.
+MODEL_NOT_GIVEN = _ModelNotGiven()
+
+
+def _looks_grad_scaled(loss: Tensor) -> bool:
+    """Whether ``loss`` is ``GradScaler.scale(l)``: l times a 0-dim float32 constant that
+    holds a power of two ≥ 256 (the value is read only for that product)."""
+    fn = loss.grad_fn
+    if type(fn).__name__ != "MulBackward0":
+        return False
+    other = getattr(fn, "_saved_other", None)
+    if not isinstance(other, Tensor) or other.dim() != 0 or other.dtype != torch.float32 or other.requires_grad:
+        return False
+    value = float(other)
+    return value >= 256 and math.log2(value).is_integer()
 
 
 def _ddp_module(model):
@@ -53,7 +102,9 @@ class WrappedOptimizer(torch.optim.Optimizer):
         rho: default ρ ≥ 0 of every param group (a group may set its own ``"rho"``).
         model: the module the closure evaluates (optionally wrapped in DDP). Needed to
             keep BatchNorm running statistics out of the extra passes and, under DDP,
-            for ``no_sync``; without it ``step(closure)`` cannot protect running stats.
+            for ``no_sync``. Not given: an extra pass that would update BatchNorm running
+            statistics raises a ValueError (nothing is changed); ``None``: no guard, every
+            pass updates them.
         sync_perturbation: under DDP, compute the perturbation from the gradient
             averaged over all processes (True: N processes equal one process with the
             combined batch) or from each process's own minibatch (False: m-sharpness,
@@ -64,9 +115,12 @@ class WrappedOptimizer(torch.optim.Optimizer):
 
     kind = "wrapped"
 
-    def __init__(self, params, base_optimizer=None, *, rho: float, model: nn.Module | None = None,
+    def __init__(self, params, base_optimizer=None, *, rho: float, model=MODEL_NOT_GIVEN,
                  sync_perturbation: bool = True, **base_kwargs):
         rho = check_nonnegative("rho", rho)
+        refuse_family_options(type(self), base_kwargs)
+        self._guard_running_stats = model is MODEL_NOT_GIVEN
+        model = None if model is MODEL_NOT_GIVEN else model
         if base_optimizer is None:
             base_optimizer = torch.optim.SGD
             base_kwargs.setdefault("momentum", 0.9)
@@ -143,21 +197,33 @@ class WrappedOptimizer(torch.optim.Optimizer):
             p.grad = piece.clone()
 
     # -- closures and data parallelism ------------------------------------------------
-    def _evaluate(self, closure: Closure) -> Tensor:
-        """Call the closure with empty gradients and check what it returned."""
-        self.zero_grad(set_to_none=True)
+    def _evaluate(self, closure: Closure, first: bool = True) -> Tensor:
+        """Call the closure and check what it returned. ``first``: with empty gradients
+        (and check that the closure left them empty); else gradients accumulate."""
+        if first:
+            self.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = closure()
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise ValueError(f"closure must return the scalar minibatch loss, got {type(loss).__name__}"
                              + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""))
-        if any(p.grad is not None for p in self._params()):
+        if first and any(p.grad is not None for p in self._params()):
             raise ValueError("closure must not call backward(): it returns the loss and "
                              f"{type(self).__name__} differentiates it itself")
         if not loss.requires_grad:
             raise ValueError("closure returned a loss that does not require grad: return it "
                              "attached to the graph (no detach(), no torch.no_grad())")
+        if _looks_grad_scaled(loss):
+            raise ValueError("closure returned GradScaler.scale(loss): return the unscaled loss and "
+                             f"give the scaler to the optimizer (sdesam.optim.SAM(..., scaler=scaler)); "
+                             f"{type(self).__name__} scales it itself")
         return loss.reshape(())
+
+    def _guarded(self, what: str):
+        """Context for an extra pass: without ``model=`` it refuses BatchNorm updates."""
+        if self._guard_running_stats:
+            return refuse_running_stat_updates(f"{type(self).__name__}'s {what}")
+        return contextlib.nullcontext()
 
     def _ddp(self):
         return _ddp_module(self.model)

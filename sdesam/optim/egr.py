@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..curvature.power import unit_vector
-from .base import Closure, WrappedOptimizer
+from .base import MODEL_NOT_GIVEN, Closure, WrappedOptimizer
 
 __all__ = ["EGR"]
 
@@ -36,7 +36,7 @@ class EGR(WrappedOptimizer):
 
     kind = "egr"
 
-    def __init__(self, params, base_optimizer=None, *, rho: float = 0.05, model=None,
+    def __init__(self, params, base_optimizer=None, *, rho: float = 0.05, model=MODEL_NOT_GIVEN,
                  sync_perturbation: bool = True, **base_kwargs):
         super().__init__(params, base_optimizer, rho=rho, model=model,
                          sync_perturbation=sync_perturbation, **base_kwargs)

@@ -44,8 +44,6 @@ Under DDP with ``sync_perturbation=True`` the products are averaged over process
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
@@ -54,7 +52,7 @@ from .._checks import check_choice, check_int
 from ..curvature.power import power_iteration, random_unit_vector
 from ..curvature.short_lanczos import lanczos_iteration
 from ..refresh import RefreshSchedule
-from .base import Closure
+from .base import MODEL_NOT_GIVEN, Closure, refuse_family_options
 from .norm_stats import eval_mode, frozen_running_stats
 from .sam import SAM
 
@@ -118,9 +116,10 @@ class EigenSAM(SAM):
     def __init__(self, params, base_optimizer=None, *, rho: float = 0.05, alpha: float = 0.2,
                  p: int = 100, q: int | None = None, p_counting: str = "global", first_refresh: str = "start",
                  steps_per_epoch: int | None = None, hvp_mode: str = "train",
-                 renormalize: bool = False, seed: int = 0, model=None, sync_perturbation: bool = True,
+                 renormalize: bool = False, seed: int = 0, model=MODEL_NOT_GIVEN, sync_perturbation: bool = True,
                  perturbed_bn: str = "frozen", estimator: str = "power",
                  hvp_method: str = "double_backward", **base_kwargs):
+        refuse_family_options(type(self), base_kwargs)
         super().__init__(params, base_optimizer, rho=rho,
                          rule=rules.EigenSAMRule(alpha, renormalize=renormalize),
                          model=model, sync_perturbation=sync_perturbation, perturbed_bn=perturbed_bn,
@@ -129,11 +128,11 @@ class EigenSAM(SAM):
         self.estimator = check_choice("estimator", estimator, ESTIMATORS)
         self.q = check_int("q", DEFAULT_PRODUCTS[self.estimator] if q is None else q, 1)
         self.hvp_method = check_choice("hvp_method", hvp_method, HVP_METHODS)
-        if self.hvp_method == "forward_over_reverse" and (model is None or self._ddp() is not None):
+        if self.hvp_method == "forward_over_reverse" and (self.model is None or self._ddp() is not None):
             raise ValueError("hvp_method='forward_over_reverse' needs model= (a plain nn.Module, "
                              "not DistributedDataParallel)")
         self.hvp_mode = check_choice("hvp_mode", hvp_mode, HVP_MODES)
-        if self.hvp_mode == "eval" and model is None:
+        if self.hvp_mode == "eval" and self.model is None:
             raise ValueError("hvp_mode='eval' needs the model: pass model=...")
         generator = torch.Generator().manual_seed(check_int("seed", seed, 0))
         self.eigenvector = random_unit_vector((self.dim,), generator=generator, dtype=self.flat_dtype).to(
@@ -189,7 +188,7 @@ class EigenSAM(SAM):
             return eval_mode(self.model)
         if self.model is not None:
             return frozen_running_stats(self.model)
-        return contextlib.nullcontext()
+        return self._guarded("Hessian-vector products")
 
     def update_eigenvector(self, closure: Closure) -> float:
         """Run Algorithm 1 on the closure's loss at the current parameters.

@@ -15,18 +15,23 @@ from ..models import MODEL_NAMES
 from ..optim import ESTIMATORS, HVP_METHODS, HVP_MODES, PERTURBED_BN
 from ..refresh import FIRST_REFRESHES, P_COUNTINGS
 
-__all__ = ["TrainConfig", "METHODS", "SCHEDULES", "NORMALIZATIONS", "AMP_MODES",
+__all__ = ["TrainConfig", "METHODS", "SAM_FAMILY", "SCHEDULES", "NORMALIZATIONS", "AMP_MODES",
            "RESUME_MUTABLE_FIELDS"]
 
-#: training methods: plain SGD, the SAM family (Eq. 1, Appendix A) and Eigen-SAM (Eq. 8).
-METHODS = ("sgd", "sam", "usam", "reverse_sam", "egr", "eigen_sam")
+#: training methods: plain SGD, the SAM family (Eq. 1, Appendix A; ASAM, Fisher-SAM, GSAM, WSAM,
+#: m-SAM) and Eigen-SAM (Eq. 8).
+METHODS = ("sgd", "sam", "usam", "reverse_sam", "asam", "fisher_sam", "gsam", "wsam", "msam", "egr",
+           "eigen_sam")
+#: the methods built on ``sdesam.optim.SAM`` (they take micro_batches, accumulate, svag, clipping)
+SAM_FAMILY = ("sam", "usam", "reverse_sam", "asam", "fisher_sam", "gsam", "wsam", "msam")
 #: learning-rate schedules: cosine from ``lr`` to 0 over all steps, or constant.
 SCHEDULES = ("cosine", "constant")
 #: input normalisation: the training split's per-channel mean/std, or ImageNet's (for
 #: pretrained weights, Table 2).
 NORMALIZATIONS = ("dataset", "imagenet")
-#: mixed precision: ``"auto"`` = bf16 autocast on CUDA, none on CPU.
-AMP_MODES = ("auto", "bf16", "none")
+#: mixed precision: ``"auto"`` = bf16 autocast on CUDA, none on CPU; ``"fp16"`` = float16
+#: autocast with a ``torch.amp.GradScaler`` (SGD and the SAM family).
+AMP_MODES = ("auto", "bf16", "fp16", "none")
 #: fields that may differ between a checkpoint and the configuration resuming it: they do
 #: not change what is computed (a different thread count can change float summation
 #: order, so bit-identical resumes need the same ``threads``).
@@ -59,15 +64,32 @@ class TrainConfig:
         batch_size: the global minibatch size B (split evenly over DDP processes).
         lr, momentum, nesterov, weight_decay: the SGD base optimizer.
         schedule: one of ``SCHEDULES`` (cosine is applied per step).
-        rho: SAM radius ρ (also EGR's coefficient; unused by SGD).
+        rho: SAM radius ρ (also EGR's coefficient, GSAM's ρ_max; unused by SGD).
         alpha, p, q, p_counting, first_refresh, hvp_mode, renormalize, estimator,
             hvp_method: Eigen-SAM (see ``sdesam.optim.EigenSAM``; q None = the estimator's
             default); unused by other methods.
-        perturbed_bn: how the perturbed pass of SAM, USAM, Reverse-SAM and Eigen-SAM
+        xi: ASAM's ξ (``sdesam.rules.ASAMRule``). eta_f: Fisher-SAM's η_F
+            (``sdesam.rules.FisherSAMRule``).
+        gsam_alpha: GSAM's α (named so as not to clash with Eigen-SAM's ``alpha``).
+        rho_min: GSAM's ρ schedule ρ_t = ρ_min + (rho − ρ_min)·lr_t/lr_0 (cosine: ρ_min at the
+            end); None keeps ρ = rho. Only for ``method="gsam"``.
+        gamma: WSAM's γ ∈ [0, 1). wsam_decouple: WSAM's decoupled form (see
+            ``sdesam.optim.WSAM``).
+        micro_batches: m-SAM's m (``method="msam"`` needs m ≥ 2; the other SAM-family
+            methods take it too); must divide each process's share of the batch.
+        accumulate: gradient accumulation over this many pieces of each minibatch (SAM
+            family; not with micro_batches > 1).
+        svag: SVAG's l ≥ 1 (SGD and the SAM family): each step draws two minibatches and
+            combines their (perturbed) gradients with c₁,₂ = (1 ± √(2l − 1))/2, the
+            learning rate is lr/l and the run takes l times the steps (``epochs`` and
+            ``steps`` count effective time: steps / l); l = 1 is the plain method.
+        clip_grad_norm: clip the gradient the base optimizer receives to this norm (SGD
+            and the SAM family); None: no clipping.
+        perturbed_bn: how the perturbed pass of the SAM family and Eigen-SAM
             treats BatchNorm buffers, one of ``sdesam.optim.PERTURBED_BN`` (see
             ``sdesam.optim.SAM``; the ``official`` preset sets ``"zero_momentum"``).
         sync_perturbation: under DDP, perturb with the globally averaged gradient (True)
-            or per process (False, m-sharpness).
+            or per process (False, m-sharpness: m-SAM with m = the number of processes).
         drop_last: drop the last incomplete training batch of each epoch (required with
             more than one process).
     Reproducibility and running:
@@ -111,6 +133,16 @@ class TrainConfig:
     hvp_mode: str = "train"
     renormalize: bool = False
     perturbed_bn: str = "frozen"
+    xi: float = 0.0
+    eta_f: float = 1.0
+    gsam_alpha: float = 0.1
+    rho_min: float | None = None
+    gamma: float = 0.9
+    wsam_decouple: bool = True
+    micro_batches: int = 1
+    accumulate: int = 1
+    svag: int = 1
+    clip_grad_norm: float | None = None
     estimator: str = "power"
     hvp_method: str = "double_backward"
     sync_perturbation: bool = True
@@ -152,13 +184,14 @@ class TrainConfig:
         for name in ("epochs", "steps", "train_subset", "test_subset", "input_size", "threads", "q"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), 1)
-        for name in ("batch_size", "eval_batch_size", "p", "log_every"):
+        for name in ("batch_size", "eval_batch_size", "p", "log_every", "micro_batches", "accumulate", "svag"):
             check_int(name, getattr(self, name), 1)
         for name in ("subset_seed", "seed"):
             check_int(name, getattr(self, name), 0)
         check_positive("lr", self.lr)
-        for name in ("momentum", "weight_decay", "rho", "alpha"):
+        for name in ("momentum", "weight_decay", "rho", "alpha", "xi", "eta_f", "gsam_alpha", "gamma"):
             check_nonnegative(name, getattr(self, name))
+        self._check_family()
         if self.momentum >= 1:
             raise ValueError(f"momentum must be < 1, got momentum={self.momentum!r}")
         if self.nesterov and self.momentum == 0:
@@ -168,6 +201,37 @@ class TrainConfig:
         if not self.out_dir:
             raise ValueError("out_dir must be a directory path, got out_dir=''")
         return self
+
+    def _check_family(self) -> None:
+        """The SAM-family options against the method, one ValueError per mistake."""
+        family = self.method in SAM_FAMILY
+        if self.gamma >= 1:
+            raise ValueError(f"gamma must lie in [0, 1) (WSAM's weight γ/(1 − γ)), got gamma={self.gamma!r}")
+        if self.rho_min is not None:
+            check_nonnegative("rho_min", self.rho_min)
+            if self.method != "gsam":
+                raise ValueError(f"rho_min is GSAM's ρ schedule: it needs method='gsam', got method={self.method!r}")
+            if self.rho_min > self.rho:
+                raise ValueError(f"rho_min={self.rho_min!r} must not exceed rho={self.rho!r}")
+        if self.clip_grad_norm is not None:
+            check_positive("clip_grad_norm", self.clip_grad_norm)
+        if self.method == "msam" and self.micro_batches < 2:
+            raise ValueError(f"method='msam' needs micro_batches >= 2, got micro_batches={self.micro_batches}")
+        for name, default in (("micro_batches", 1), ("accumulate", 1)):
+            if getattr(self, name) != default and not family:
+                raise ValueError(f"{name}={getattr(self, name)} needs a SAM-family method ({', '.join(SAM_FAMILY)}), "
+                                 f"got method={self.method!r}")
+        if self.micro_batches > 1 and self.accumulate > 1:
+            raise ValueError(f"micro_batches={self.micro_batches} and accumulate={self.accumulate}: use one of the two")
+        pieces = self.micro_batches * self.accumulate
+        if self.batch_size % pieces:
+            name = "micro_batches" if self.micro_batches > 1 else "accumulate"
+            raise ValueError(f"{name}={pieces} must divide batch_size={self.batch_size}")
+        plain = family or self.method == "sgd"
+        for name, off in (("svag", self.svag == 1), ("clip_grad_norm", self.clip_grad_norm is None),
+                          ("amp='fp16'", self.amp != "fp16")):
+            if not off and not plain:
+                raise ValueError(f"{name} needs SGD or a SAM-family method, got method={self.method!r}")
 
     # -- serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -191,6 +255,8 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
 
-    def total_steps(self, steps_per_epoch: int) -> int:
-        """Optimizer steps of the run, given the loader's steps per epoch."""
-        return self.steps if self.steps is not None else self.epochs * steps_per_epoch
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """Optimizer steps of the run, given the loader's batches per epoch: ``steps``, or
+        ``epochs`` × batches per epoch, times ``svag`` (SVAG's l steps per unit of time)."""
+        steps = self.steps if self.steps is not None else self.epochs * batches_per_epoch
+        return self.svag * steps

@@ -1,7 +1,7 @@
 """``train(config) -> TrainResult``: the one training loop of the project.
 
-SGD, the SAM family (SAM, USAM, Reverse-SAM, EGR) and Eigen-SAM on the image
-benchmarks, with everything a long run needs:
+SGD, the SAM family (SAM, USAM, Reverse-SAM, ASAM, Fisher-SAM, GSAM, WSAM, m-SAM, EGR) and
+Eigen-SAM on the image benchmarks, with everything a long run needs:
 
 - data resident on the device (``sdesam.data.DeviceLoader``), pad-4 crop + flip there;
 - per-step cosine learning rate; the SAM-family optimizers of ``sdesam.optim``
@@ -11,14 +11,21 @@ benchmarks, with everything a long run needs:
 - an atomic ``checkpoint.pt`` after every epoch holding the model, optimizer (incl. the
   base optimizer's momentum and Eigen-SAM's v̂ and counters), scheduler, loader and RNG
   states, and the metric history, so that ``resume=True`` continues bit-for-bit on CPU;
-- bf16 autocast and channels-last on CUDA; DDP through torchrun (see
-  ``sdesam.parallel``); a progress bar; NaN/Inf losses stop the run with a
-  ``NonFiniteStateError`` naming the step;
+- bf16 autocast and channels-last on CUDA, or float16 autocast with a GradScaler
+  (``amp="fp16"``); DDP through torchrun (see ``sdesam.parallel``); a progress bar; NaN/Inf
+  losses stop the run with a ``NonFiniteStateError`` naming the step;
+- SVAG (``svag=l``): two minibatches per step (consecutive batches of the loader; each
+  process draws its share of both; callbacks see them concatenated), lr/l and l times the
+  steps, with ``effective_step`` = step/l and ``effective_epoch`` in ``metrics.jsonl`` —
+  sadhikamalladi/svag's ``sde1`` scaling (lr/l, epochs and schedule ×l, momentum and weight
+  decay unchanged);
 - ``Callback`` hooks for measurements during training (Figures 1, 3, 5, Appendix A).
 
 The train loss of an epoch is the mean of the clean minibatch losses f_γ(x_k) seen by
-the steps of that epoch (before each update, training mode); test metrics are computed
-on the whole test split (or ``test_subset``) in eval mode after the epoch.
+the steps of that epoch (before each update, training mode; with SVAG the mean over both
+minibatches); test metrics are computed on the whole test split (or ``test_subset``) in
+eval mode after the epoch (an epoch is one pass of the loader: with SVAG, 1/(2l) of an
+effective epoch).
 """
 from __future__ import annotations
 
@@ -37,8 +44,10 @@ from tqdm import tqdm
 from ..data import DeviceLoader, ImageDataset, load_dataset
 from ..errors import NonFiniteStateError
 from ..models import build_model
-from ..optim import EGR, SAM, EigenSAM
+from ..discrete import svag_coefficients
+from ..optim import EGR, GSAM, SAM, WSAM, EigenSAM
 from ..optim.norm_stats import eval_mode
+from ..rules import ASAMRule, FisherSAMRule
 from .._streams import (STREAM_SHUFFLE, STREAM_TEST_SUBSET, STREAM_TRAIN_EIGVEC,
                         STREAM_TRAIN_SUBSET, derived_seed)
 from . import files
@@ -53,6 +62,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: version of the checkpoint layout
 CHECKPOINT_FORMAT = 1
+#: the rule of each SAM-family method, from the configuration
+_RULES = {"sam": lambda c: "sam", "usam": lambda c: "usam", "reverse_sam": lambda c: "reverse_sam",
+          "asam": lambda c: ASAMRule(c.xi), "fisher_sam": lambda c: FisherSAMRule(c.eta_f), "gsam": lambda c: "sam",
+          "wsam": lambda c: "sam", "msam": lambda c: "sam"}
 # models that take flat vectors
 _FLAT_INPUT_MODELS = ("mlp",)
 # models whose constructor takes the input size
@@ -102,7 +115,9 @@ class _Run:
         self.info = init_comm(config.device)
         self.device = self.info.device
         cuda = self.device.type == "cuda"
-        self.amp = config.amp == "bf16" or (config.amp == "auto" and cuda)
+        bf16 = config.amp == "bf16" or (config.amp == "auto" and cuda)
+        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16 if config.amp == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         image_model = config.model not in _FLAT_INPUT_MODELS
         self.channels_last = image_model and (cuda if config.channels_last is None else config.channels_last)
         if cuda:
@@ -112,8 +127,8 @@ class _Run:
 
     # -- setup -------------------------------------------------------------------------------
     def autocast(self):
-        if self.amp:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.amp_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
     def load_data(self) -> tuple[ImageDataset, ImageDataset]:
@@ -163,7 +178,7 @@ class _Run:
 
     def make_optimizer(self, model: nn.Module, wrapped: nn.Module, steps_per_epoch: int):
         c = self.config
-        base = dict(lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
+        base = dict(lr=c.lr / c.svag, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
         common = dict(base_optimizer=torch.optim.SGD, rho=c.rho, model=wrapped,
                       sync_perturbation=c.sync_perturbation, **base)
         params = model.parameters()
@@ -177,7 +192,14 @@ class _Run:
                             hvp_mode=c.hvp_mode, renormalize=c.renormalize, perturbed_bn=c.perturbed_bn,
                             estimator=c.estimator, hvp_method=c.hvp_method,
                             seed=derived_seed(c.seed, STREAM_TRAIN_EIGVEC), **common)
-        return SAM(params, rule=c.method, perturbed_bn=c.perturbed_bn, **common)
+        family = dict(rule=_RULES[c.method](c), perturbed_bn=c.perturbed_bn, micro_batches=c.micro_batches,
+                      accumulate=c.accumulate, svag=c.svag, scaler=self.scaler, clip_grad_norm=c.clip_grad_norm,
+                      **common)
+        if c.method == "gsam":
+            return GSAM(params, alpha=c.gsam_alpha, rho_min=c.rho_min, lr_min=0.0, **family)
+        if c.method == "wsam":
+            return WSAM(params, gamma=c.gamma, decouple=c.wsam_decouple, **family)
+        return SAM(params, **family)
 
     def make_scheduler(self, optimizer, total_steps: int):
         if self.config.schedule == "constant":
@@ -198,17 +220,45 @@ class _Run:
 
     # -- steps ----------------------------------------------------------------------------------
     def train_step(self, optimizer, wrapped: nn.Module, x, y) -> torch.Tensor:
-        def closure():
+        """One optimizer step on the step's data (x, y): one minibatch, or with SVAG its two
+        minibatches one after the other. Returns the mean clean loss."""
+        def loss_of(xb, yb):
             with self.autocast():
-                return cross_entropy(wrapped(x), y)
+                return cross_entropy(wrapped(xb), yb)
 
-        if isinstance(optimizer, (SAM, EGR)):
-            return optimizer.step(closure)
+        if isinstance(optimizer, SAM):
+            loss = optimizer.step(optimizer.split_closure(loss_of, x, y))
+        elif isinstance(optimizer, EGR):
+            loss = optimizer.step(lambda: loss_of(x, y))
+        else:
+            loss = self._sgd_step(optimizer, loss_of, x, y)
+        if self.scaler is not None:
+            self.scaler.update()
+        return loss
+
+    def _sgd_step(self, optimizer, loss_of, x, y) -> torch.Tensor:
+        """Plain SGD; with SVAG the gradient of c₁ f_γ₁ + c₂ f_γ₂ (sadhikamalladi/svag's loss)."""
+        c = self.config
         optimizer.zero_grad(set_to_none=True)
-        loss = closure()
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        if c.svag > 1:
+            half = len(y) // 2
+            losses = [loss_of(x[:half], y[:half]), loss_of(x[half:], y[half:])]
+            c1, c2 = svag_coefficients(c.svag)
+            objective, loss = c1 * losses[0] + c2 * losses[1], (losses[0] + losses[1]).detach() / 2
+        else:
+            objective = loss_of(x, y)
+            loss = objective.detach()
+        (objective if self.scaler is None else self.scaler.scale(objective)).backward()
+        if c.clip_grad_norm is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                           c.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step()
+        return loss
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: ImageDataset) -> tuple[float, float]:
@@ -269,6 +319,12 @@ def _train(run: _Run) -> TrainResult:
         if c.batch_size % info.world_size:
             raise ValueError(f"batch_size={c.batch_size} is not divisible by the "
                              f"{info.world_size} processes")
+        pieces = c.micro_batches * c.accumulate
+        if (c.batch_size // info.world_size) % pieces:
+            name = "micro_batches" if c.micro_batches > 1 else "accumulate"
+            raise ValueError(f"{name}={pieces} must divide each process's share of the batch, "
+                             f"{c.batch_size // info.world_size} (batch_size={c.batch_size}, "
+                             f"{info.world_size} processes)")
     ckpt_path = out / files.CHECKPOINT_FILE
     state = None
     if ckpt_path.exists() or (out / files.FINAL_FILE).exists():
@@ -296,10 +352,11 @@ def _train(run: _Run) -> TrainResult:
                           generator=torch.Generator().manual_seed(derived_seed(c.seed, STREAM_SHUFFLE)),
                           device=device, channels_last=run.channels_last, rank=info.rank,
                           world_size=info.world_size)
-    steps_per_epoch = len(loader)
+    minibatches = 2 if c.svag > 1 else 1          # minibatches per step
+    steps_per_epoch = len(loader) // minibatches    # optimizer steps per pass of the loader
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_data)} training examples give no batch of {c.batch_size}")
-    total_steps = c.total_steps(steps_per_epoch)
+        raise ValueError(f"{len(train_data)} training examples give no {minibatches} batch(es) of {c.batch_size}")
+    total_steps = c.total_steps(len(loader))
     optimizer = run.make_optimizer(model, wrapped, steps_per_epoch)
     scheduler = run.make_scheduler(optimizer, total_steps)
 
@@ -309,6 +366,8 @@ def _train(run: _Run) -> TrainResult:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
+        if run.scaler is not None:
+            run.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
@@ -346,8 +405,14 @@ def _train(run: _Run) -> TrainResult:
                 "step": step, "wall_time_s": wall, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "loader": loader.state_dict(), "rng": rng, "history": history,
-                "step_records": step_records})
+                "step_records": step_records, "scaler": None if run.scaler is None else run.scaler.state_dict()})
         info.barrier()
+
+    def flush(window, window_start, epoch, bar, loss_sum, loss_count):
+        """Check the window's losses (NaN/Inf stop the run) and add them to the epoch's."""
+        values = _check_window(window, window_start, epoch, c.method, info)
+        bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}")
+        return loss_sum + sum(values), loss_count + len(values)
 
     step_callbacks = [cb for cb in run.callbacks if cb.every_steps is not None]
     model.train()
@@ -358,8 +423,14 @@ def _train(run: _Run) -> TrainResult:
         bar = tqdm(total=min(steps_per_epoch, total_steps - step), disable=not (c.progress and info.is_main),
                    desc=f"{c.method} epoch {epoch + 1}/{math.ceil(total_steps / steps_per_epoch)}",
                    leave=False, dynamic_ncols=True)
+        pending = []
         for x, y in loader:
-            x = run.model_input(x)
+            pending.append((run.model_input(x), y))
+            if len(pending) < minibatches:
+                continue                    # a pass's unpaired last batch is dropped
+            x, y = (pending[0] if minibatches == 1 else
+                    (torch.cat([b[0] for b in pending]), torch.cat([b[1] for b in pending])))
+            pending = []
             for cb in step_callbacks:
                 if step % cb.every_steps == 0:
                     record = cb.on_step(context(step=step, epoch=epoch, batch=(x, y)))
@@ -371,13 +442,13 @@ def _train(run: _Run) -> TrainResult:
             step += 1
             images += y.numel() * info.world_size
             bar.update(1)
-            if len(window) == c.log_every or step == total_steps or loader.epoch != epoch:
-                values = _check_window(window, window_start, epoch, c.method, info)
-                loss_sum, loss_count = loss_sum + sum(values), loss_count + len(values)
-                bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}")
+            if len(window) == c.log_every or step == total_steps:
+                loss_sum, loss_count = flush(window, window_start, epoch, bar, loss_sum, loss_count)
                 window, window_start = [], step
             if step == total_steps:
                 break
+        if window:                          # the pass's last steps
+            loss_sum, loss_count = flush(window, window_start, epoch, bar, loss_sum, loss_count)
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -388,6 +459,9 @@ def _train(run: _Run) -> TrainResult:
                    "train_loss": loss_sum / loss_count, "test_loss": test_loss,
                    "test_accuracy": test_accuracy, "epoch_time_s": time.perf_counter() - t0,
                    "wall_time_s": wall, "images_per_s": images / train_time}
+        if c.svag > 1:                      # SVAG's time: l steps of lr/l per step of lr
+            metrics["effective_step"] = step / c.svag
+            metrics["effective_epoch"] = step / (c.svag * len(loader))
         if isinstance(optimizer, EigenSAM):
             metrics["eigenvalue_estimate"] = optimizer.eigenvalue
         for cb in run.callbacks:
