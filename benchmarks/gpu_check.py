@@ -16,7 +16,7 @@ every number):
 - ``cuda_tests``: ``pytest tests/test_cuda.py`` (they skip without CUDA, which fails
   the part on ``--device cuda``).
 - ``compare``: CUDA against the CPU on the MNIST MLP (784-784-10 GeLU, B = 128), in
-  float64 and float32: the oracles g, Hu, ∇³f(u,u), v² (DESIGN §3.1) and one step of
+  float64 and float32: the oracles g, Hu, ∇³f(u,u), v² (docs/math.md §2) and one step of
   every dynamics of ``sdesam.DYNAMICS`` from the same state and seed (the library draws
   minibatches, Brownian increments and start vectors on CPU generators, so both steps
   use the same numbers). Max relative error max|a − b| / max|a| of each vector (of the

@@ -4,8 +4,8 @@ Run:  python -m benchmarks.oracles [--batch-size 128] [--n-batches 8] [--repeats
       [--examples 4096] [--block-sizes 1,16,64,256] [--block-repeats 5]
 
 "One gradient" is the plain PyTorch gradient of the same ``nn.Module`` on the same
-minibatch (``torch.autograd.grad`` of ``loss`` on its parameters), as DESIGN §3.1
-asks. Model: the paper's MLP 784-784-10 with GeLU. Data: the first ``--examples``
+minibatch (``torch.autograd.grad`` of ``loss`` on its parameters); the oracles are those
+of docs/math.md §2. Model: the paper's MLP 784-784-10 with GeLU. Data: the first ``--examples``
 (default 4,096; at least the batch size) MNIST training images when MNIST is available
 locally (``--data-dir``), else random tensors of MNIST's shape (the cost does not
 depend on the pixel values; the output says which was used). Every figure is the

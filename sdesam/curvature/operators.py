@@ -163,7 +163,7 @@ class HessianOperator(LinearOperator):
     of each batch's loss with ``torch.autograd.grad(create_graph=True)`` on the module's
     own parameters and differentiates ⟨g, v⟩ once more (reverse-over-reverse). Measured
     on 2 unloaded CPU cores (torch 2.13, MLP 784-784-10 GeLU, B=128, float32, median
-    of 30; script and table in ``docs/curvature.md``, and ``python -m
+    of 30; script and table in ``docs/results/curvature.md``, and ``python -m
     benchmarks.curvature --timing-only``): plain gradient 1.56–1.73 ms; double backward
     4.4–4.9 ms (2.6–2.9×); the same through ``functional_call`` 4.3–4.5 ms;
     forward-over-reverse ``torch.func.jvp(torch.func.grad(f))`` 6.9–12.4 ms

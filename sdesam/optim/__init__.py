@@ -1,4 +1,4 @@
-"""Training optimizers of the SAM family, ``torch.optim`` style (DESIGN §3.3).
+"""Training optimizers of the SAM family, ``torch.optim`` style (docs/training.md; the methods: docs/math.md §3, §6).
 
 - ``SAM`` — SAM (Eq. 1), and through ``rule=``: USAM, Reverse-SAM (Appendix A), ASAM,
   Fisher-SAM; through ``update=``: any update map Φ(g, p); ``micro_batches=`` (m-SAM),

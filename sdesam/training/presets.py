@@ -1,4 +1,4 @@
-"""The paper's training settings as ``TrainConfig`` presets (DESIGN §5, paper Sec. 6.2–6.3,
+"""The paper's training settings as ``TrainConfig`` presets (docs/math.md §9, paper Sec. 6.2–6.3,
 Appendix E). Every field can still be overridden.
 
 ``table1(dataset, model, method)`` — Table 1, training from scratch:
