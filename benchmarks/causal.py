@@ -22,9 +22,8 @@ import time
 
 import torch
 
-from benchmarks.oracles import paper_mlp
+from benchmarks.oracles import DEFAULT_EXAMPLES, check_arguments, paper_mlp
 from benchmarks.timing import median_seconds
-from sdesam._checks import check_int
 from sdesam.registry import make_dynamics
 
 
@@ -53,12 +52,13 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    for flag in ("batch_size", "repeats"):
-        check_int(flag, getattr(args, flag), 1)
-    check_int("n_batches (K, needed for a covariance)", args.n_batches, 2)
-    if args.threads:
+    device = check_arguments(args, ("batch_size", "repeats"), positive=("eig_tol",))
+    if args.n_batches < 2:
+        raise ValueError(f"--n-batches must be >= 2 (K, for a covariance), got {args.n_batches}")
+    if args.batch_size > DEFAULT_EXAMPLES:
+        raise ValueError(f"--batch-size must be <= {DEFAULT_EXAMPLES} (the examples loaded), got {args.batch_size}")
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     B, K = args.batch_size, args.n_batches
     _, problem, plain_gradient, (_, _, source) = paper_mlp(B, args.data_dir, device)
     hvp = problem.hvp_at(problem.x0, torch.arange(B, device=device))
@@ -77,7 +77,8 @@ def main(argv=None):
     g = min(g1, median_seconds(plain_gradient, 30, 5, device))
     print(f"MLP 784-784-10 GeLU, B={B}, K={K}, data: {source}, device: {device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
-    print(f"plain gradient {g * 1e3:.2f} ms; one minibatch HVP (hvp_at) {t_hvp * 1e3:.2f} ms = {t_hvp / g:.2f} gradients")
+    print(f"plain gradient {g * 1e3:.2f} ms; one minibatch HVP (hvp_at) {t_hvp * 1e3:.2f} ms = "
+          f"{t_hvp / g:.2f} gradients")
     print(f"{'one Euler step':<44}{'ms':>10}{'/ gradient':>12}{'Lanczos HVPs/step':>20}")
     for name, (sec, hv) in rows.items():
         hv_s = "-" if not any(hv) else f"{statistics.median(hv):.0f} ({min(hv)}-{max(hv)})"

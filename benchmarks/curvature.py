@@ -41,11 +41,15 @@ import statistics
 import time
 
 import torch
-
-from benchmarks.timing import median_seconds
 from torch import nn
 
-from sdesam.curvature import (HessianOperator, alignment, lanczos, power_method)
+from benchmarks.oracles import check_arguments
+from benchmarks.timing import median_seconds
+from sdesam.curvature import HessianOperator, alignment, lanczos, power_method
+
+#: what ``--quick`` sets (the other values of these options are refused with it)
+QUICK = {"examples": 256, "train_examples": 512, "train_steps": 20, "starts": 1, "lanczos_iters": 40,
+         "power_iters": 60, "reps": 3, "ref_tol": 1e-6}
 
 
 def make_mlp(seed: int) -> nn.Module:
@@ -72,14 +76,19 @@ def load_data(spec: str, n: int, seed: int, data_dir=None):
         import numpy as np
         path = spec[4:]
         with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x", "y") if k not in z.files]
+            if missing:
+                raise ValueError(f"{path} lacks the array(s) {', '.join(missing)} (it holds {', '.join(z.files)})")
             x = torch.as_tensor(z["x"], dtype=torch.float32).reshape(-1, 784)
             y = torch.as_tensor(z["y"], dtype=torch.long).reshape(-1)
+        if len(x) != len(y):
+            raise ValueError(f"{path}: x holds {len(x)} examples, y {len(y)} labels")
         if len(x) < n:
             raise SystemExit(f"{path} holds {len(x)} examples, fewer than the {n} requested")
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(x), generator=g)[:n]
         return x[idx], y[idx], f"arrays x, y from {path} (random subset of {n})"
-    raise SystemExit(f"--data must be 'mnist', 'synthetic' or 'npz:PATH', got {spec!r}")
+    raise ValueError(f"--data must be 'mnist', 'synthetic' or 'npz:PATH', got {spec!r}")
 
 
 def median_ms(fn, reps: int, warmup: int = 3, device: str = "cpu") -> float:
@@ -127,7 +136,7 @@ def measure_products(args, model, loss_fn, batches, d) -> dict:
         lz_stop = next((j + 1 for j in range(len(rh)) if rh[j] <= args.rel * abs(hist[j])), None)
         aligns = []
         pm = power_method(op, tol=1e-8, max_iters=args.power_iters, v0=v0, check_determinism=False,
-                          callback=lambda t, v, th: aligns.append(alignment(v, v1).item()))
+                          callback=lambda t, v, th, aligns=aligns: aligns.append(alignment(v, v1).item()))
         run = {
             "start": s,
             "lanczos_hvps_to_rel": first_stay_within(hist, lam1, args.rel),
@@ -142,7 +151,8 @@ def measure_products(args, model, loss_fn, batches, d) -> dict:
         for tol in (1e-3, 1e-5):
             st = power_stop(pm.history, tol)
             run[f"power_rule_{tol:g}_stop_hvps"] = st
-            run[f"power_rule_{tol:g}_stop_rel_err"] = None if st is None else abs(pm.history[st - 1].item() - lam1) / lam1
+            run[f"power_rule_{tol:g}_stop_rel_err"] = (None if st is None
+                                                       else abs(pm.history[st - 1].item() - lam1) / lam1)
         runs.append(run)
         print(f"start {s}: Lanczos within {args.rel:g} after {run['lanczos_hvps_to_rel']} HVPs "
               f"(its residual rule stops at {lz_stop}, error {run['lanczos_rule_stop_rel_err']}); "
@@ -192,10 +202,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     ap.add_argument("--timing-only", action="store_true", help="skip the eigenvalue runs (steps 2-3)")
     args = ap.parse_args(argv)
+    check_arguments(args, ("examples", "batch_size", "train_examples", "train_steps", "starts", "lanczos_iters",
+                           "power_iters", "reps", "seed"), zero_allowed=("train_steps", "seed"),
+                    positive=("lr", "rel", "ref_tol"))
+    if not (args.data in ("mnist", "synthetic") or args.data.startswith("npz:")):
+        raise ValueError(f"--data must be 'mnist', 'synthetic' or 'npz:PATH', got {args.data!r}")
+    if args.data.startswith("npz:") and not os.path.isfile(args.data[4:]):
+        raise ValueError(f"--data {args.data}: no such file")
+    if args.data_dir is not None and args.data != "mnist":
+        raise ValueError(f"--data-dir is read only with --data mnist, not with --data {args.data}")
     if args.quick:
-        args.examples, args.train_examples, args.train_steps = 256, 512, 20
-        args.starts, args.lanczos_iters, args.power_iters, args.reps = 1, 40, 60, 3
-        args.ref_tol = 1e-6
+        changed = [f"--{k.replace('_', '-')}" for k in QUICK if getattr(args, k) != ap.get_default(k)]
+        if changed:
+            raise ValueError(f"--quick sets {', '.join(changed)} itself; drop them or --quick")
+        for key, value in QUICK.items():
+            setattr(args, key, value)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "

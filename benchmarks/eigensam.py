@@ -58,6 +58,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from benchmarks.oracles import check_arguments
 from benchmarks.timing import median_seconds
 from sdesam.curvature import HessianOperator, lanczos
 from sdesam.models import build_model
@@ -98,7 +99,7 @@ def hvp_timings(model, x, y, repeats: int) -> dict:
             grads = with_graph()
             out[f"grad_create_graph_{mode}_s"] = median_seconds(with_graph, repeats, 2)
             out[f"hvp_double_backward_{mode}_s"] = median_seconds(
-                lambda: torch.autograd.grad(grads, params, v, retain_graph=True), repeats, 2)
+                lambda grads=grads: torch.autograd.grad(grads, params, v, retain_graph=True), repeats, 2)
             del grads
 
             def f(tensors):
@@ -106,7 +107,7 @@ def hvp_timings(model, x, y, repeats: int) -> dict:
 
             primals = tuple(p.detach() for p in params)
             out[f"hvp_forward_over_reverse_{mode}_s"] = median_seconds(
-                lambda: jvp(grad(f), (primals,), (tuple(v),)), repeats, 2)
+                lambda f=f, primals=primals: jvp(grad(f), (primals,), (tuple(v),)), repeats, 2)
     model.zero_grad(set_to_none=True)
     return out
 
@@ -263,7 +264,7 @@ def alignment_study(args, network, device) -> dict:
         for _ in range(n):
             x, y = pool[counter[0] % len(pool)]
             counter[0] += 1
-            sam.step(lambda: loss_fn(net, x, y))
+            sam.step(lambda x=x, y=y: loss_fn(net, x, y))
 
     train(args.align_pretrain)
     estimators = {"paper": EigenSAM(net.parameters(), estimator="power", q=5, model=net, lr=0.0, seed=3),
@@ -293,7 +294,7 @@ def alignment_study(args, network, device) -> dict:
         v1_eval, _, _ = top_eigenvector(x, y, eval_mode)
         row = {"refresh": r, "lambda1": round(lam1, 4), "v1_relative_residual": res1}
         for name, opt in estimators.items():
-            opt.update_eigenvector(lambda: loss_fn(net, x, y))
+            opt.update_eigenvector(lambda x=x, y=y: loss_fn(net, x, y))
             row[name] = abs(float(opt.eigenvector.double() @ v1))
         official.estimate(x, y)
         v_off = torch.cat([t.reshape(-1) for t in official.v]).double()
@@ -328,9 +329,20 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--alignment-only", action="store_true", help="run part 3 only")
     args = ap.parse_args(argv)
-    if args.threads:
+    device = check_arguments(args, ("batch_size", "width", "repeats", "align_width", "align_pretrain",
+                                    "align_every", "align_refreshes", "align_max_iters", "seed"),
+                             zero_allowed=("align_pretrain", "seed"), positive=("align_tol",))
+    if args.p < 2:
+        raise ValueError(f"--p must be >= 2 (the timed steps need one without a refresh), got {args.p}")
+    if args.timed_steps is not None and not 2 <= args.timed_steps <= args.p:
+        raise ValueError(f"--timed-steps must be in 2..--p ({args.p}), got {args.timed_steps}")
+    if args.alignment_only:
+        given = [flag for flag, on in (("--per-layer", args.per_layer), ("--timed-steps", args.timed_steps))
+                 if on]
+        if given:
+            raise ValueError(f"{' and '.join(given)}: no effect with --alignment-only (it skips the step timings)")
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     started = time.perf_counter()
     load_before = _load()
     print(f"load average before: {load_before}; torch {torch.__version__}, {torch.get_num_threads()} "
@@ -386,8 +398,8 @@ def main(argv=None):
             "refresh_excess_grads": round(excess / max(len(refresh), 1) / comp["grad_s"], 2),
             "refresh_excess_predicted_grads": round(predicted_excess[name], 2)}
     throughput = {name: B * m / sum(t) for name, t in times.items()}
-    print(f"{m} timed steps each (p = {args.p}{'' if m == args.p else ', extrapolated'}), batch {B}: " + ", ".join(f"{k} {v:.1f}" for k, v in throughput.items())
-          + " images/s", flush=True)
+    print(f"{m} timed steps each (p = {args.p}{'' if m == args.p else ', extrapolated'}), batch {B}: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in throughput.items()) + " images/s", flush=True)
     for name, s in summary.items():
         print(f"  {name}: ÷ SAM {s['over_sam_step_time']:.4f}; non-refresh step ÷ SAM's "
               f"{s['nonrefresh_step_over_sam']:.4f}; refresh excess {s['refresh_excess_grads']} gradients "

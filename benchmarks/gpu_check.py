@@ -46,6 +46,7 @@ does.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def _limit(text: str) -> tuple[str, float]:
     try:
         seconds = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=SECONDS, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=SECONDS, got {text!r}") from None
     if name not in PARTS or not seconds > 0:
         raise argparse.ArgumentTypeError(f"expected NAME=SECONDS with NAME in {list(PARTS)} and SECONDS > 0, "
                                          f"got {text!r}")
@@ -104,8 +105,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data-dir", default=None, help="data directory (default $SDESAM_DATA)")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new temp dir)")
     args = ap.parse_args(argv)
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        ap.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {str(args.out)!r} is a file, not a directory")
     names = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in names if p not in PARTS]
     if unknown or not names:

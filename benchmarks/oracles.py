@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import statistics
@@ -33,21 +34,55 @@ import torch
 from torch import nn
 
 from benchmarks.timing import median_seconds
-from sdesam.registry import make_dynamics
+from sdesam.cli import prog_name
+from sdesam.data import DatasetNotFoundError, check_data_dir
+from sdesam.parallel import check_device
 from sdesam.problem import ModuleProblem
+from sdesam.registry import make_dynamics
 
 DEFAULT_EXAMPLES = 4096     #: MNIST-shaped training examples of ``paper_mlp`` (``--examples``)
 
 
+def check_arguments(args, counts=(), zero_allowed=(), positive=()) -> torch.device:
+    """Refuse, before anything is measured, what a benchmark cannot use (ValueError naming the
+    flag): an integer option of ``counts`` below 1 (below 0 for ``zero_allowed``), a number of
+    ``positive`` that is not finite and > 0, ``--threads`` below 1, a ``--data-dir`` that is
+    not a directory, a ``--device`` this machine lacks. Returns the device."""
+    for name in counts:
+        least = 0 if name in zero_allowed else 1
+        if getattr(args, name) < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}")
+    for name in positive:
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_data_dir(getattr(args, "data_dir", None))
+    return check_device(args.device)
+
+
 def _mnist_like(n: int, data_dir, seed: int):
+    from sdesam.data import load_mnist
     try:
-        from sdesam.data import load_mnist
         ds = load_mnist(data_dir, download=False)
-        x = ds.train_images[:n].reshape(-1, 784).float() / 255.0
-        return x, ds.train_labels[:n], "MNIST"
-    except Exception:                                   # noqa: BLE001 — any failure: synthetic
+    except DatasetNotFoundError:                        # MNIST absent here: MNIST-shaped noise
         g = torch.Generator().manual_seed(seed)
         return torch.rand(n, 784, generator=g), torch.randint(10, (n,), generator=g), "synthetic (MNIST shapes)"
+    x = ds.train_images[:n].reshape(-1, 784).float() / 255.0
+    return x, ds.train_labels[:n], "MNIST"
+
+
+def _block_sizes(text: str) -> list[int]:
+    """``--block-sizes``: M·K values, each 1..4 (K = M·K, M = 1) or a multiple of 4 (K = 4)."""
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--block-sizes must be comma-separated integers, got {text!r}") from None
+    for n in sizes:
+        if n < 1 or (n > 4 and n % 4):
+            raise ValueError(f"--block-sizes: each M·K must be 1..4 or a multiple of 4 (K = 4 minibatches), got {n}")
+    return sizes
 
 
 def paper_mlp(batch_size: int, data_dir, device: torch.device, examples: int = DEFAULT_EXAMPLES):
@@ -71,7 +106,8 @@ def paper_mlp(batch_size: int, data_dir, device: torch.device, examples: int = D
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=prog_name("python -m benchmarks.oracles"), description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--n-batches", type=int, default=8, help="K minibatches per SDE step")
     ap.add_argument("--repeats", type=int, default=30)
@@ -83,11 +119,20 @@ def main(argv=None):
     ap.add_argument("--block-sizes", default="1,16,64,256", help="M·K values for the block lines ('' skips them)")
     ap.add_argument("--block-repeats", type=int, default=5)
     args = ap.parse_args(argv)
-    if args.examples < args.batch_size:
-        ap.error(f"--examples must be at least --batch-size ({args.batch_size}), got {args.examples}")
-    if args.threads:
+    try:
+        device = check_arguments(args, ("batch_size", "repeats", "examples", "block_repeats"))
+        if args.n_batches < 2:
+            raise ValueError(f"--n-batches must be >= 2 (K, for a covariance), got {args.n_batches}")
+        if args.examples < args.batch_size:
+            raise ValueError(f"--examples must be at least --batch-size ({args.batch_size}), got {args.examples}")
+        blocks = _block_sizes(args.block_sizes)
+        if blocks and args.examples < 32:
+            raise ValueError(f"--examples must be >= 32 for the block lines (the quick-cpu MLP's B = 32), "
+                             f"got {args.examples}; --block-sizes '' skips them")
+    except ValueError as err:
+        ap.exit(2, f"{ap.prog}: error: {err}\n")
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     B = args.batch_size
     model, problem, plain_gradient, (X, Y, source) = paper_mlp(B, args.data_dir, device, args.examples)
     generic = ModuleProblem(model, "cross_entropy", X, Y, B, device=device, oracle="autograd")
@@ -146,7 +191,6 @@ def main(argv=None):
         "sde3_step_over_gradient": t["sde3_step"] / g,
         "sde3_step_over_gradient_per_minibatch": t["sde3_step"] / g / args.n_batches,
     }
-    blocks = [int(v) for v in args.block_sizes.split(",") if v.strip()]
     if blocks:
         print(f"\nper-sample v² cost with M·K pairs per call (K = 4 or M·K if smaller), ms; "
               f"block_memory = default ({problem.block_memory / 2**20:.0f} MiB)")
@@ -177,7 +221,7 @@ def block_lines(label, hidden, batch_size, X, Y, sizes, repeats, device) -> list
         t, cpu, faults = {}, {}, {}
         for name, p in [("looped", looped), ("batched", batched)]:
             t[name], cpu[name], faults[name] = _wall_and_cpu(
-                lambda p=p: p.taylor(x, batches, "sam", 0.2, order=2), repeats, device)
+                lambda p=p, x=x, batches=batches: p.taylor(x, batches, "sam", 0.2, order=2), repeats, device)
         row = {"model": label, "pairs": M * K, "block_size": batched.block_size,
                **{f"{k}_ms": t[k] / (M * K) * 1e3 for k in t}, **{f"{k}_cpu_ms": cpu[k] / (M * K) * 1e3 for k in cpu},
                **{f"{k}_minor_faults_per_pair": faults[k] / (M * K) for k in faults}}

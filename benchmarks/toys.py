@@ -8,8 +8,8 @@ autograd, interleaved, best of the repeats; prints one JSON object.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 import torch
 
@@ -43,7 +43,20 @@ def _benchmark(M: int = 10_000, repeats: int = 5) -> dict:
     return out
 
 
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.toys", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("threads", nargs="?", type=int, default=None, help="torch threads (default: torch's)")
+    args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    result = {"torch_threads": torch.get_num_threads(), **_benchmark()}
+    print(json.dumps(result, indent=2))
+    return result
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        torch.set_num_threads(int(sys.argv[1]))
-    print(json.dumps({"torch_threads": torch.get_num_threads(), **_benchmark()}, indent=2))
+    from sdesam.cli import run_module
+    run_module("benchmarks.toys")

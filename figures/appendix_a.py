@@ -9,14 +9,14 @@ ascent flipped: a theory driven by the quadratic term alone predicts no differen
 EGR x ← x − η∇[f_γ + ρ‖∇f_γ‖] with coefficient ρ (what the second-order SDE says SAM
 optimises). Per epoch: the training loss — the mean clean minibatch loss f_γ(x_k) over
 the epoch's steps (training mode, augmented batches), as the trainer logs it — and the
-test loss on the whole test split (or ``test_subset``), eval mode; mean over ``seeds``
-runs with a Student-t 95% band. The final test accuracies are tabulated (mean ± 95% CI),
+test loss on the whole test split (or ``test_subset``), eval mode; mean over the runs of
+``seeds`` with a Student-t 95% band. The final test accuracies are tabulated (mean ± 95% CI),
 as the paper reports them (95.5 ± 0.1, 95.0 ± 0.2, 94.4 ± 0.2 % on CIFAR-10).
 
 Quick (a CPU, minutes; not the paper's setting): Fashion-MNIST, ResNet-18 of width 8, a
 2,000-image training subset, 1,000 test images, batch 128, 6 epochs (90 steps), ρ = 0.05,
-2 seeds. Full: ResNet-18 on CIFAR-10 with Table 1's preset (200 epochs, batch 256,
-ρ = 0.05), 3 seeds.
+seeds 0, 1. Full: ResNet-18 on CIFAR-10 with Table 1's preset (200 epochs, batch 256,
+ρ = 0.05), seeds 0, 1, 2.
 
 Outputs in ``--out`` (default ``runs/appendix_a``): ``appendix_a_{dataset}.png``/``.pdf``,
 ``records.csv`` (tidy: method, seed, epoch, metric, value), ``accuracy.md``,
@@ -28,14 +28,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .common import save_figure, write_summary
-from .runs import (TrainingSettings, dataset_label, run_figure_command, training_caption,
-                   method_label, model_label, prepare_output, run_or_collect, t_band, write_csv)
+from sdesam._progress import progress as progress_bar
+from sdesam.atomic import atomic_write_text
+from sdesam.experiment import command
+
+from .runs import TrainingSettings, dataset_label, method_label, model_label, run_or_collect, t_band, training_caption
 
 METHODS = ("sam", "reverse_sam", "egr")
 COLORS = {"sam": "tab:blue", "reverse_sam": "tab:orange", "egr": "tab:green"}
@@ -50,7 +50,7 @@ class Config(TrainingSettings):
     dataset: str = "fashion_mnist"
     model: str = "resnet18"
     model_kwargs: dict = field(default_factory=lambda: {"width": 8})
-    seeds: int = 2
+    seeds: tuple = (0, 1)
     epochs: int | None = 6
     batch_size: int = 128
     train_subset: int | None = 2000
@@ -59,13 +59,14 @@ class Config(TrainingSettings):
 
     @classmethod
     def full(cls) -> "Config":
-        return cls(dataset="cifar10", model_kwargs={}, seeds=3, epochs=None, batch_size=256, train_subset=None,
+        return cls(dataset="cifar10", model_kwargs={}, seeds=(0, 1, 2), epochs=None, batch_size=256, train_subset=None,
                    test_subset=None)
 
     def validate(self) -> "Config":
         for m in self.methods:
             if m not in METHODS:
                 raise ValueError(f"methods must be among {list(METHODS)}, got {m!r}")
+        self.check_training([(self.dataset, self.model, m, {}) for m in self.methods], {"method": "--methods"})
         return self
 
 
@@ -118,7 +119,7 @@ def plot(rows, cfg: Config, rhos):
         for method in cfg.methods:
             x, m, h = curve(rows, method, metric)
             ax.plot(x, m, "-o", ms=3, color=COLORS[method], label=method_label(method))
-            if cfg.seeds > 1:
+            if len(cfg.seeds) > 1:
                 ax.fill_between(x, m - np.nan_to_num(h), m + np.nan_to_num(h), color=COLORS[method], alpha=0.2, lw=0)
         ax.set_xlabel("epoch")
         ax.set_ylabel("cross-entropy")
@@ -127,37 +128,43 @@ def plot(rows, cfg: Config, rhos):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
     rho = "ρ = " + ", ".join(f"{r:g}" for r in rhos)
-    fig.suptitle(f"{training_caption(cfg, PAPER)}, {rho}; mean ± 95% CI over {cfg.seeds} seeds", fontsize=10)
+    fig.suptitle(f"{training_caption(cfg, PAPER)}, {rho}; mean ± 95% CI over {len(cfg.seeds)} seeds", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=None,
-        progress: bool = True) -> dict:
+def run(cfg: Config, output, opts) -> dict:
+    """Train (or resume / collect) every (method, seed) run and write the outputs."""
     t_start = time.perf_counter()
-    prepare_output(out, cfg)
-    cells = [(m, s) for m in cfg.methods for s in range(cfg.seeds)]
+    out = output.path
+    cells = [(m, s) for m in cfg.methods for s in cfg.seeds]
     rows, walls, rhos = [], {}, set()
-    for method, seed in tqdm(cells, desc="appendix_a runs", unit="run", disable=not progress):
-        name = f"{method}-s{seed}"
-        tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, data_dir=data_dir,
-                              device=device, threads=threads, progress=progress)
-        rhos.add(tc.rho)
-        result = run_or_collect(name, tc)
-        walls[name] = result.final["wall_time_s"]
-        rows += tidy_records(method, seed, result)
-    write_csv(out / "records.csv", ["method", "seed", "epoch", "metric", "value"], rows)
+    bar = progress_bar(len(cells), desc="appendix_a runs", unit="run", enabled=opts.progress)
+    try:
+        for method, seed in cells:
+            name = f"{method}-s{seed}"
+            tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, data_dir=opts.data_dir,
+                                  device=str(opts.device), threads=opts.threads, progress=opts.progress)
+            rhos.add(tc.rho)
+            result = run_or_collect(name, tc)
+            walls[name] = result.final["wall_time_s"]
+            rows += tidy_records(method, seed, result)
+            bar.update(1)
+    finally:
+        bar.close()
+    output.csv("records.csv", ["method", "seed", "epoch", "metric", "value"], rows)
     acc = final_accuracy(rows, cfg)
-    (out / "accuracy.md").write_text(to_markdown(cfg, acc))
+    markdown = to_markdown(cfg, acc)
+    atomic_write_text(output.file("accuracy.md"), markdown)
     stem = f"appendix_a_{cfg.dataset}"
-    save_figure(plot(rows, cfg, sorted(rhos)), out, stem)
+    output.figure(plot(rows, cfg, sorted(rhos)), stem)
     final_losses = {}
     for method in cfg.methods:
         final_losses[method] = {}
         for metric in ("train_loss", "test_loss"):
             _, m, h = curve(rows, method, metric)
             final_losses[method][metric] = {"mean": float(m[-1]), "ci95": float(h[-1])}
-    summary = {
+    summary = output.summary({
         "figure": "Appendix A (Figure 4)", "config": asdict(cfg), "dataset": cfg.dataset, "model": cfg.model,
         "rho": sorted(rhos), "is_paper_setting": (cfg.dataset, cfg.model) == PAPER and not cfg.model_kwargs,
         "final_test_accuracy_pct": acc, "paper_test_accuracy_pct": PAPER_ACCURACY, "final_losses": final_losses,
@@ -169,16 +176,14 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
         },
         "files": {"figure": f"{stem}.png", "records": "records.csv", "accuracy": "accuracy.md"},
         "run_wall_seconds": walls,
-    }
-    return write_summary(summary, out, device, t_start)
-
-
-def main(argv=None) -> dict:
-    args, summary = run_figure_command("appendix_a", __doc__, Config, run, argv)
-    print((args.out / "accuracy.md").read_text(), end="")
-    print(f"(written to {args.out}/{summary['files']['figure']} (+ .pdf), records.csv, accuracy.md, summary.json; "
+    }, opts.device, t_start)
+    print(markdown, end="")
+    print(f"(written to {out}/{summary['files']['figure']} (+ .pdf), records.csv, accuracy.md, summary.json; "
           f"{summary['wall_seconds_this_invocation']:.0f} s)")
     return summary
+
+
+main = command("figures.appendix_a", __doc__, Config, run)
 
 
 if __name__ == "__main__":

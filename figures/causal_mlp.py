@@ -45,14 +45,13 @@ import torch
 from sdesam._progress import progress as progress_bar
 from sdesam.atomic import atomic_write_text
 from sdesam.curvature import alignment
-from sdesam.experiment import command, jsonable
-from sdesam.registry import make_dynamics
 from sdesam.eigenpairs import minibatch_top_eigenpairs
+from sdesam.experiment import command, jsonable
 from sdesam.metrics import FIGURE2_METRICS, ClassificationMetrics
+from sdesam.registry import make_dynamics
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, record_steps, run_trajectory
 
 from . import figure2
-
 
 DISCRETE = ("sam", "eigen_sam", "ideal_eigen_sam")
 SDES = ("sam_sde3", "aligned_sde5", "aligned_sde6", "eigen_sam_sde")
@@ -203,7 +202,7 @@ def lambda_drop(records: list[dict]) -> dict:
     """λ₁(T) − λ₁(0) per dynamics: seed mean and standard error."""
     c = figure2.curves(records)
     out = {}
-    for (dyn, metric), (steps, vals) in c.items():
+    for (dyn, metric), (_, vals) in c.items():
         if metric != "top_eigenvalue":
             continue
         drop = vals[:, -1] - vals[:, 0]
@@ -263,7 +262,7 @@ def answers(records: list[dict]) -> dict:
         if {"sam", ref, "aligned_sde5"} <= present:
             q2 = {}
             for m in metrics:
-                value, se = _jackknife(records, lambda r, m=m: disc(r, "sam", "aligned_sde5", m)
+                value, se = _jackknife(records, lambda r, m=m, ref=ref: disc(r, "sam", "aligned_sde5", m)
                                        - disc(r, ref, "aligned_sde5", m))
                 q2[m] = {"sam_minus_" + ref: value, "se": se, "from_sam": disc(records, "sam", "aligned_sde5", m),
                          "from_" + ref: disc(records, ref, "aligned_sde5", m),

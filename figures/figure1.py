@@ -25,7 +25,7 @@ Choices the paper leaves open: lr 0.01 (SimpleCNN has no BatchNorm), Table 1's o
 settings (momentum 0.9, cosine, weight decay 5e-5, crop + flip, ρ = 0.05, α = 0.2, q = 5),
 batch 128, every method trained for the same number of epochs. Quick: a 2,048-image
 subset, 3 epochs (48 steps), p = 20, alignment every 6 steps, λ₁ on 128 images every
-12 steps, 1 seed. Full: all of CIFAR-10, 100 epochs, p = 100, 3 seeds, alignment every
+12 steps, seed 0. Full: all of CIFAR-10, 100 epochs, p = 100, seeds 0, 1, 2, alignment every
 78 steps (5 per epoch), λ₁ on 2,048 images every epoch.
 
 Outputs in ``--out`` (default ``runs/figure1``): ``figure1_{dataset}.png``/``.pdf``,
@@ -38,16 +38,22 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .common import save_figure, write_summary
+from sdesam._progress import progress as progress_bar
+from sdesam.experiment import command
+
 from .probes import HESSIAN_MODES, AlignmentProbe
-from .runs import (TrainingSettings, dataset_label, run_figure_command, training_caption,
-                   method_label, prepare_output, resolve_dataset, run_or_collect,
-                   t_band, write_csv)
+from .runs import (
+    TrainingSettings,
+    dataset_label,
+    method_label,
+    resolve_dataset,
+    run_or_collect,
+    t_band,
+    training_caption,
+)
 
 COLORS = {"sgd": "tab:gray", "sam": "tab:blue", "eigen_sam": "tab:red"}
 METHODS = ("sgd", "sam", "eigen_sam")
@@ -61,7 +67,7 @@ class Config(TrainingSettings):
     dataset: str = "auto"
     model: str = "simple_cnn"
     model_kwargs: dict = field(default_factory=dict)
-    seeds: int = 1
+    seeds: tuple = (0,)
     epochs: int | None = 3
     batch_size: int = 128
     train_subset: int | None = 2048
@@ -84,7 +90,7 @@ class Config(TrainingSettings):
 
     @classmethod
     def full(cls) -> "Config":
-        return cls(dataset="cifar10", seeds=3, epochs=100, train_subset=None, test_subset=None, p=100,
+        return cls(dataset="cifar10", seeds=(0, 1, 2), epochs=100, train_subset=None, test_subset=None, p=100,
                    align_every=78, subset_every=390, hessian_examples=2048, hessian_batch_size=256)
 
     def validate(self) -> "Config":
@@ -92,13 +98,23 @@ class Config(TrainingSettings):
             if m not in METHODS:
                 raise ValueError(f"methods must be among {list(METHODS)}, got {m!r}")
         if not set(self.align_methods) <= set(self.methods):
-            raise ValueError("align_methods must be a subset of methods")
+            raise ValueError(f"--align-methods {' '.join(self.align_methods)} must be among --methods "
+                             f"{' '.join(self.methods)}")
         if self.hessian_mode not in HESSIAN_MODES:
             raise ValueError(f"hessian_mode must be one of {list(HESSIAN_MODES)}")
         if self.subset_every % self.align_every:
             raise ValueError(f"subset_every ({self.subset_every}) must be a multiple of align_every "
                              f"({self.align_every})")
+        if self.epochs is None:
+            raise ValueError("--epochs must be a number: every method trains for the same number of epochs")
+        dataset = PAPER_DATASET if self.dataset == "auto" else self.dataset
+        self.check_training([(dataset, self.model, m, self.run_changes()) for m in self.methods],
+                            {"method": "--methods"}, examples=self.hessian_examples)
         return self
+
+    def run_changes(self) -> dict:
+        """The TrainConfig fields this figure sets in every run, besides the shared ones."""
+        return {"alpha": self.alpha, "p": self.p, "q": self.q}
 
 
 def steps_per_epoch(cfg: Config, n_train: int) -> int:
@@ -189,7 +205,7 @@ def summarize(rows, cfg: Config, spe: int) -> dict:
 # ------------------------------------------------------------------------------------
 # Plot
 # ------------------------------------------------------------------------------------
-def plot(rows, cfg: Config, spe: int):
+def plot(rows, cfg: Config, spe: int, rhos):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -219,7 +235,7 @@ def plot(rows, cfg: Config, spe: int):
         if not len(x):
             continue
         ax2.plot(x, mean, "-o", ms=3, color=COLORS[method], label=method_label(method))
-        if cfg.seeds > 1:
+        if len(cfg.seeds) > 1:
             ax2.fill_between(x, mean - np.nan_to_num(half), mean + np.nan_to_num(half), color=COLORS[method],
                              alpha=0.2, lw=0)
     ax2.set_xlabel("epoch")
@@ -227,9 +243,10 @@ def plot(rows, cfg: Config, spe: int):
     ax2.set_title("top Hessian eigenvalue")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
-    fig.suptitle(f"{training_caption(cfg, (PAPER_DATASET, PAPER_MODEL))}, {cfg.epochs} epochs, ρ = {cfg.rho}, "
+    rho = ", ".join(f"{r:g}" for r in rhos)
+    fig.suptitle(f"{training_caption(cfg, (PAPER_DATASET, PAPER_MODEL))}, {cfg.epochs} epochs, ρ = {rho}, "
                  f"α = {cfg.alpha}, p = {cfg.p}, "
-                 f"q = {cfg.q}, {cfg.seeds} seed(s)", fontsize=10)
+                 f"q = {cfg.q}, {len(cfg.seeds)} seed(s)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -237,33 +254,39 @@ def plot(rows, cfg: Config, spe: int):
 # ------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------
-def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=None,
-        progress: bool = True) -> dict:
+def run(cfg: Config, output, opts) -> dict:
     """Train (or resume / collect) every (method, seed) run and write the outputs."""
     from sdesam.data import load_dataset
     t_start = time.perf_counter()
-    cfg = replace(cfg, dataset=resolve_dataset(cfg.dataset, PAPER_DATASET, "fashion_mnist", data_dir)).validate()
-    prepare_output(out, cfg)
-    n_train = cfg.train_subset or len(load_dataset(cfg.dataset, data_dir)[0])
+    out = output.path
+    cfg = replace(cfg, dataset=resolve_dataset(cfg.dataset, PAPER_DATASET, "fashion_mnist", opts.data_dir))
+    n_train = cfg.train_subset or len(load_dataset(cfg.dataset, opts.data_dir)[0])
     spe = steps_per_epoch(cfg, n_train)
-    pairs = [(m, s) for m in cfg.methods for s in range(cfg.seeds)]
-    rows, walls = [], {}
-    for method, seed in tqdm(pairs, desc="figure1 runs", unit="run", disable=not progress):
-        name = f"{method}-s{seed}"
-        tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, alpha=cfg.alpha, p=cfg.p, q=cfg.q,
-                              data_dir=data_dir, device=device, threads=threads, progress=progress)
-        probe = AlignmentProbe(every_steps=cfg.align_every, subset_every=cfg.subset_every,
-                               subset_examples=cfg.hessian_examples, subset_batch_size=cfg.hessian_batch_size,
-                               subset_mode=cfg.hessian_mode, align=method in cfg.align_methods,
-                               tol=cfg.eig_tol, max_iters=cfg.eig_max_iters, seed=seed)
-        result = run_or_collect(name, tc, [probe])
-        walls[name] = result.final["wall_time_s"] + result.final.get("final_sharpness", {}).get("probe_seconds", 0)
-        rows += tidy_records(method, seed, result, spe)
-    write_csv(out / "records.csv", ["method", "seed", "step", "epoch", "metric", "value"], rows)
+    pairs = [(m, s) for m in cfg.methods for s in cfg.seeds]
+    rows, walls, rhos = [], {}, set()
+    bar = progress_bar(len(pairs), desc="figure1 runs", unit="run", enabled=opts.progress)
+    try:
+        for method, seed in pairs:
+            name = f"{method}-s{seed}"
+            tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, **cfg.run_changes(),
+                                  data_dir=opts.data_dir, device=str(opts.device), threads=opts.threads,
+                                  progress=opts.progress)
+            rhos.add(tc.rho)
+            probe = AlignmentProbe(every_steps=cfg.align_every, subset_every=cfg.subset_every,
+                                   subset_examples=cfg.hessian_examples, subset_batch_size=cfg.hessian_batch_size,
+                                   subset_mode=cfg.hessian_mode, align=method in cfg.align_methods,
+                                   tol=cfg.eig_tol, max_iters=cfg.eig_max_iters, seed=seed)
+            result = run_or_collect(name, tc, [probe])
+            walls[name] = result.final["wall_time_s"] + result.final.get("final_sharpness", {}).get("probe_seconds", 0)
+            rows += tidy_records(method, seed, result, spe)
+            bar.update(1)
+    finally:
+        bar.close()
+    output.csv("records.csv", ["method", "seed", "step", "epoch", "metric", "value"], rows)
     numbers = summarize(rows, cfg, spe)
     stem = f"figure1_{cfg.dataset}"
-    save_figure(plot(rows, cfg, spe), out, stem)
-    summary = {
+    output.figure(plot(rows, cfg, spe, sorted(rhos)), stem)
+    summary = output.summary({
         "figure": "Figure 1", "config": asdict(cfg), "dataset": cfg.dataset,
         "paper_dataset": PAPER_DATASET, "dataset_is_papers": cfg.dataset == PAPER_DATASET,
         "train_examples": n_train, "steps_per_epoch": spe, "total_steps": spe * cfg.epochs,
@@ -281,14 +304,9 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
         },
         "results": numbers, "files": {"figure": f"{stem}.png", "records": "records.csv"},
         "run_wall_seconds": walls,
-    }
-    return write_summary(summary, out, device, t_start)
-
-
-def main(argv=None) -> dict:
-    args, summary = run_figure_command("figure1", __doc__, Config, run, argv)
+    }, opts.device, t_start)
     res = summary["results"]
-    print(f"wrote {args.out}/{summary['files']['figure']} (+ .pdf), records.csv, summary.json "
+    print(f"wrote {out}/{summary['files']['figure']} (+ .pdf), records.csv, summary.json "
           f"({summary['wall_seconds_this_invocation']:.0f} s) — {dataset_label(summary['dataset'])}")
     for method, a in res["alignment_minibatch"].items():
         print(f"  Align(eps, v1 minibatch) {method_label(method)}: mean {a['mean']:.3f} ± {a['ci95']:.3f} "
@@ -296,6 +314,9 @@ def main(argv=None) -> dict:
     for method, s in res["subset_lambda1"].items():
         print(f"  lambda1 (subset) {method_label(method)}: {s['initial']:.3g} at start → {s['final']:.3g} at end")
     return summary
+
+
+main = command("figures.figure1", __doc__, Config, run)
 
 
 if __name__ == "__main__":

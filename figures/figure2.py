@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from sdesam._checks import check_choice, check_int, check_nonnegative, check_positive
 from sdesam._progress import progress as progress_bar

@@ -6,11 +6,11 @@
 Left (paper Sec. 6.4): Eigen-SAM trained with each α of ``alphas`` — α = 0 is SAM, run
 as ``method="sam"`` (``EigenSAM`` with α = 0 computes the same steps, tested in
 ``tests/test_optim.py``, and would only add power iterations) — by the project's
-trainer, ``seeds`` runs each; the final test accuracy's mean over seeds with a
+trainer, one run per seed of ``seeds``; the final test accuracy's mean over seeds with a
 Student-t 95% confidence band, and every seed's value.
 
-Right (Sec. 6.5): for α ∈ ``spectrum_alphas`` (SAM and Eigen-SAM α = 0.2) and the first
-``spectrum_seeds`` seeds, ``figures.probes.SpectrumProbe`` at the end of training: the
+Right (Sec. 6.5): for α ∈ ``spectrum_alphas`` (SAM and Eigen-SAM α = 0.2) and the seeds
+of ``spectrum_seeds`` (among ``seeds``), ``figures.probes.SpectrumProbe`` at the end of training: the
 Hessian of the mean loss over a fixed subset of ``hessian_examples`` training images
 (``hessian_mode``, default eval: BatchNorm running statistics) by stochastic Lanczos
 quadrature with ``slq_probes`` Rademacher probes × ``slq_steps`` Lanczos steps, drawn as
@@ -20,10 +20,11 @@ on a log scale), with λ₁ (Lanczos to relative residual ``eig_tol``) and the t
 
 Quick (a CPU, minutes; not the paper's setting): Fashion-MNIST, ResNet-18 of width 8,
 a fixed 2,000-image training subset, 1,000 test images, batch 128, 4 epochs (60 steps),
-Eigen-SAM p = 20, α ∈ {0, 0.1, 0.2, 0.4}, 2 seeds; spectrum on 128 images, 2 probes × 20
-steps. Full: ResNet-18 on CIFAR-100 with Table 1's preset (200 epochs, batch 256,
-ρ = 0.1, p = 100, q = 5), α ∈ {0, 0.05, 0.1, 0.2, 0.3, 0.5}, 3 seeds; spectrum on 2,048
-images, 10 probes × 100 steps. The paper does not list its α grid or SLQ settings.
+Eigen-SAM p = 20, α ∈ {0, 0.1, 0.2, 0.4}, seeds 0, 1; spectrum (seed 0) on 128 images,
+2 probes × 20 steps. Full: ResNet-18 on CIFAR-100 with Table 1's preset (200 epochs,
+batch 256, ρ = 0.1, p = 100, q = 5), α ∈ {0, 0.05, 0.1, 0.2, 0.3, 0.5}, seeds 0, 1, 2;
+spectrum (seed 0) on 2,048 images, 10 probes × 100 steps. The paper does not list its α
+grid or SLQ settings.
 
 Outputs in ``--out`` (default ``runs/figure3``): ``figure3_{dataset}.png``/``.pdf``,
 ``accuracy.csv`` (alpha, method, seed, metric, value), ``spectrum.csv`` (alpha, seed,
@@ -36,18 +37,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from sdesam._progress import progress as progress_bar
 from sdesam.curvature import SLQResult, spectral_density
+from sdesam.experiment import command
 
-from .common import save_figure, write_summary
 from .probes import HESSIAN_MODES, SpectrumProbe
-from .runs import (TrainingSettings, prepare_output, run_figure_command, run_or_collect, t_band,
-                   training_caption, write_csv)
+from .runs import TrainingSettings, run_or_collect, t_band, training_caption
 
 PAPER = ("cifar100", "resnet18")
 
@@ -59,7 +58,7 @@ class Config(TrainingSettings):
     dataset: str = "fashion_mnist"
     model: str = "resnet18"
     model_kwargs: dict = field(default_factory=lambda: {"width": 8})
-    seeds: int = 2
+    seeds: tuple = (0, 1)
     epochs: int | None = 4
     batch_size: int = 128
     train_subset: int | None = 2000
@@ -68,7 +67,7 @@ class Config(TrainingSettings):
     p: int = 20
     q: int = 5
     spectrum_alphas: tuple = (0.0, 0.2)
-    spectrum_seeds: int = 1
+    spectrum_seeds: tuple = (0,)
     hessian_examples: int = 128
     hessian_batch_size: int = 128
     hessian_mode: str = "eval"
@@ -80,23 +79,24 @@ class Config(TrainingSettings):
 
     @classmethod
     def full(cls) -> "Config":
-        return cls(dataset="cifar100", model_kwargs={}, seeds=3, epochs=None, batch_size=256,
+        return cls(dataset="cifar100", model_kwargs={}, seeds=(0, 1, 2), epochs=None, batch_size=256,
                    train_subset=None, test_subset=None, alphas=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5), p=100,
                    hessian_examples=2048, hessian_batch_size=256, slq_probes=10, slq_steps=100)
-
-    zero_allowed = ("spectrum_seeds",)      # counts that may be 0 (``check_counts``)
 
     def validate(self) -> "Config":
         if any(a < 0 for a in self.alphas) or len(set(self.alphas)) != len(self.alphas):
             raise ValueError(f"alphas must be distinct and >= 0, got {self.alphas}")
         if not set(self.spectrum_alphas) <= set(self.alphas):
             raise ValueError(f"spectrum_alphas {self.spectrum_alphas} must be among alphas {self.alphas}")
-        if not 0 <= self.spectrum_seeds <= self.seeds:
-            raise ValueError(f"spectrum_seeds must be in 0..seeds ({self.seeds}), got {self.spectrum_seeds}")
+        if not set(self.spectrum_seeds) <= set(self.seeds):
+            raise ValueError(f"spectrum_seeds {list(self.spectrum_seeds)} must be among seeds {list(self.seeds)}")
         if self.hessian_mode not in HESSIAN_MODES:
             raise ValueError(f"hessian_mode must be one of {list(HESSIAN_MODES)}")
         if self.density_sigma <= 0:
             raise ValueError("density_sigma must be > 0")
+        self.check_training([(self.dataset, self.model, method_for(a), {"alpha": a, "p": self.p, "q": self.q})
+                             for a in self.alphas], {"method": "--alphas (0: SAM)", "alpha": "--alphas"},
+                            examples=self.hessian_examples)
         return self
 
 
@@ -153,7 +153,7 @@ def plot(cfg: Config, bands: dict, spectra: dict):
         ax1.scatter([x] * len(vals), [100 * v for v in vals], s=10, color="k", alpha=0.5, zorder=3)
     ax1.set_xlabel(r"$\alpha$ ($\alpha = 0$: SAM)")
     ax1.set_ylabel("test accuracy (%)")
-    ax1.set_title(f"sensitivity to α ({cfg.seeds} seeds)")
+    ax1.set_title(f"sensitivity to α ({len(cfg.seeds)} seeds)")
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
     if spectra:
@@ -179,51 +179,56 @@ def plot(cfg: Config, bands: dict, spectra: dict):
     return fig
 
 
-def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=None,
-        progress: bool = True) -> dict:
+def run(cfg: Config, output, opts) -> dict:
+    """Train (or resume / collect) every (α, seed) run and write the outputs."""
     t_start = time.perf_counter()
-    prepare_output(out, cfg)
-    cells = [(a, s) for a in cfg.alphas for s in range(cfg.seeds)]
+    out = output.path
+    cells = [(a, s) for a in cfg.alphas for s in cfg.seeds]
     acc_rows, spectra, walls = [], {}, {}
-    for alpha, seed in tqdm(cells, desc="figure3 runs", unit="run", disable=not progress):
-        name = f"alpha{alpha:g}-s{seed}"
-        method = method_for(alpha)
-        tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, alpha=alpha,
-                              p=cfg.p, q=cfg.q, data_dir=data_dir, device=device, threads=threads,
-                              progress=progress)
-        callbacks = []
-        if alpha in cfg.spectrum_alphas and seed < cfg.spectrum_seeds:
-            callbacks.append(SpectrumProbe(examples=cfg.hessian_examples, batch_size=cfg.hessian_batch_size,
-                                           mode=cfg.hessian_mode, probes=cfg.slq_probes, steps=cfg.slq_steps,
-                                           tol=cfg.eig_tol, max_iters=cfg.eig_max_iters))
-        result = run_or_collect(name, tc, callbacks)
-        if callbacks and "spectrum" not in result.final:
-            raise ValueError(f"{tc.out_dir} finished without a spectrum; use another --out")
-        walls[name] = result.final["wall_time_s"] + result.final.get("spectrum", {}).get("probe_seconds", 0)
-        for metric in ("test_accuracy", "test_loss", "train_loss"):
-            acc_rows.append({"alpha": alpha, "method": method, "seed": seed, "metric": metric,
-                             "value": result.final[metric]})
-        if callbacks:
-            spectra[(alpha, seed)] = result.final["spectrum"]
-    write_csv(out / "accuracy.csv", ["alpha", "method", "seed", "metric", "value"], acc_rows)
-    write_csv(out / "spectrum.csv", ["alpha", "seed", "probe", "node", "weight"],
-              [{"alpha": a, "seed": s, "probe": i, "node": n, "weight": w}
-               for (a, s), rec in spectra.items() for i, (nr, wr) in enumerate(zip(rec["nodes"], rec["weights"]))
-               for n, w in zip(nr, wr) if n is not None])
+    bar = progress_bar(len(cells), desc="figure3 runs", unit="run", enabled=opts.progress)
+    try:
+        for alpha, seed in cells:
+            name = f"alpha{alpha:g}-s{seed}"
+            method = method_for(alpha)
+            tc = cfg.train_config(cfg.dataset, cfg.model, method, seed, out / "runs" / name, alpha=alpha,
+                                  p=cfg.p, q=cfg.q, data_dir=opts.data_dir, device=str(opts.device),
+                                  threads=opts.threads, progress=opts.progress)
+            callbacks = []
+            if alpha in cfg.spectrum_alphas and seed in cfg.spectrum_seeds:
+                callbacks.append(SpectrumProbe(examples=cfg.hessian_examples, batch_size=cfg.hessian_batch_size,
+                                               mode=cfg.hessian_mode, probes=cfg.slq_probes, steps=cfg.slq_steps,
+                                               tol=cfg.eig_tol, max_iters=cfg.eig_max_iters))
+            result = run_or_collect(name, tc, callbacks)
+            if callbacks and "spectrum" not in result.final:
+                raise ValueError(f"{tc.out_dir} finished without a spectrum; use another --out")
+            walls[name] = result.final["wall_time_s"] + result.final.get("spectrum", {}).get("probe_seconds", 0)
+            for metric in ("test_accuracy", "test_loss", "train_loss"):
+                acc_rows.append({"alpha": alpha, "method": method, "seed": seed, "metric": metric,
+                                 "value": result.final[metric]})
+            if callbacks:
+                spectra[(alpha, seed)] = result.final["spectrum"]
+            bar.update(1)
+    finally:
+        bar.close()
+    output.csv("accuracy.csv", ["alpha", "method", "seed", "metric", "value"], acc_rows)
+    output.csv("spectrum.csv", ["alpha", "seed", "probe", "node", "weight"],
+               [{"alpha": a, "seed": s, "probe": i, "node": n, "weight": w}
+                for (a, s), rec in spectra.items() for i, (nr, wr) in enumerate(zip(rec["nodes"], rec["weights"]))
+                for n, w in zip(nr, wr) if n is not None])
     summary_spectra = {}
     if spectra:
         grid, dens, sigma = densities(spectra, cfg.density_sigma)
-        write_csv(out / "density.csv", ["alpha", "eigenvalue", "density"],
-                  [{"alpha": a, "eigenvalue": float(x), "density": float(y)} for a, d in dens.items()
-                   for x, y in zip(grid, d)])
+        output.csv("density.csv", ["alpha", "eigenvalue", "density"],
+                   [{"alpha": a, "eigenvalue": float(x), "density": float(y)} for a, d in dens.items()
+                    for x, y in zip(grid, d)])
         for (a, s), rec in spectra.items():
             summary_spectra[f"alpha{a:g}-s{s}"] = {k: v for k, v in rec.items() if k not in ("nodes", "weights")}
         summary_spectra["density_sigma_absolute"] = sigma
     bands = accuracy_bands(acc_rows, cfg.alphas)
     stem = f"figure3_{cfg.dataset}"
-    save_figure(plot(cfg, bands, spectra), out, stem)
+    output.figure(plot(cfg, bands, spectra), stem)
     best = max(cfg.alphas, key=lambda a: bands[a]["mean"])
-    summary = {
+    summary = output.summary({
         "figure": "Figure 3", "config": asdict(cfg), "dataset": cfg.dataset, "model": cfg.model,
         "paper_setting": {"dataset": PAPER[0], "model": PAPER[1]},
         "is_paper_setting": (cfg.dataset, cfg.model) == PAPER and not cfg.model_kwargs,
@@ -243,13 +248,8 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
         "files": {"figure": f"{stem}.png", "accuracy": "accuracy.csv", "spectrum": "spectrum.csv",
                   "density": "density.csv" if spectra else None},
         "run_wall_seconds": walls,
-    }
-    return write_summary(summary, out, device, t_start)
-
-
-def main(argv=None) -> dict:
-    args, summary = run_figure_command("figure3", __doc__, Config, run, argv)
-    print(f"wrote {args.out}/{summary['files']['figure']} (+ .pdf), accuracy.csv, spectrum.csv, summary.json "
+    }, opts.device, t_start)
+    print(f"wrote {out}/{summary['files']['figure']} (+ .pdf), accuracy.csv, spectrum.csv, summary.json "
           f"({summary['wall_seconds_this_invocation']:.0f} s)")
     for a, b in summary["test_accuracy_by_alpha"].items():
         half = "n/a" if math.isnan(b["ci95"]) else f"{100 * b['ci95']:.2f}"
@@ -258,6 +258,9 @@ def main(argv=None) -> dict:
         if isinstance(s, dict):
             print(f"  {key}: lambda1 = {s['lambda1']:.4g}, trace = {s['trace']:.4g} ± {s['trace_stderr']:.2g}")
     return summary
+
+
+main = command("figures.figure3", __doc__, Config, run)
 
 
 if __name__ == "__main__":

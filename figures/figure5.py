@@ -39,14 +39,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from sdesam._progress import progress as progress_bar
+from sdesam.experiment import command
 from sdesam.training import METHODS, train
 
-from .common import save_figure, write_summary
 from .probes import HESSIAN_MODES, PowerIterationProbe, TrainingStopped
-from .runs import (TrainingSettings, dataset_label, run_figure_command,
-                   method_label, model_label, prepare_output, t_band, write_csv)
+from .runs import TrainingSettings, dataset_label, method_label, model_label, t_band
 
 PAPER = ("cifar100", ("resnet18", "wrn28_10"), 100)
 PROBE_FILE = "figure5_probe.json"
@@ -60,7 +59,7 @@ class Config(TrainingSettings):
     dataset: str = "fashion_mnist"
     models: tuple = ("resnet18",)
     model_kwargs: dict = field(default_factory=lambda: {"width": 8})
-    seeds: int = 1
+    seeds: tuple = (0,)
     epochs: int | None = 4
     batch_size: int = 128
     train_subset: int | None = 2000
@@ -90,18 +89,23 @@ class Config(TrainingSettings):
             raise ValueError(f"at_epoch must be in 1..epochs, got at_epoch={self.at_epoch}, epochs={self.epochs}")
         if self.hessian_mode not in HESSIAN_MODES:
             raise ValueError(f"hessian_mode must be one of {list(HESSIAN_MODES)}")
-        if min(self.minibatches, self.starts, self.q_max) < 1:
-            raise ValueError("minibatches, starts and q_max must be >= 1")
+        self.check_training([(self.dataset, m, self.method, self.run_changes()) for m in self.models],
+                            {"model": "--models"}, examples=self.minibatches * self.batch_size)
         return self
 
+    def run_changes(self) -> dict:
+        """The TrainConfig fields this figure sets in every run, besides the shared ones."""
+        return {"alpha": self.alpha, "p": self.p, "q": self.q}
 
-def measure(cfg: Config, model: str, seed: int, out: Path, *, device, data_dir, threads, progress) -> dict:
+
+def measure(cfg: Config, model: str, seed: int, out: Path, opts) -> dict:
     """The probe's result for one (model, seed): read it, or train until it is written."""
     run_dir = out / "runs" / f"{model}-s{seed}"
     path = run_dir / PROBE_FILE
     if not path.exists():
-        tc = cfg.train_config(cfg.dataset, model, cfg.method, seed, run_dir, alpha=cfg.alpha, p=cfg.p, q=cfg.q,
-                              data_dir=data_dir, device=device, threads=threads, progress=progress)
+        tc = cfg.train_config(cfg.dataset, model, cfg.method, seed, run_dir, **cfg.run_changes(),
+                              data_dir=opts.data_dir, device=str(opts.device), threads=opts.threads,
+                              progress=opts.progress)
         probe = PowerIterationProbe(at_epoch=cfg.at_epoch, path=path, minibatches=cfg.minibatches,
                                     batch_size=cfg.batch_size, starts=cfg.starts, q_max=cfg.q_max,
                                     seed=seed, mode=cfg.hessian_mode, ref_tol=cfg.ref_tol,
@@ -176,25 +180,31 @@ def plot(cfg: Config, all_curves: dict):
     return fig
 
 
-def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=None,
-        progress: bool = True) -> dict:
+def run(cfg: Config, output, opts) -> dict:
+    """Train every (model, seed) run up to ``at_epoch`` (or reuse its probe file) and write the outputs."""
     t_start = time.perf_counter()
-    prepare_output(out, cfg)
-    cells = [(m, s) for m in cfg.models for s in range(cfg.seeds)]
+    out = output.path
+    cells = [(m, s) for m in cfg.models for s in cfg.seeds]
     rows, references, probe_seconds = [], {}, {}
-    for model, seed in tqdm(cells, desc="figure5 runs", unit="run", disable=not progress):
-        result = measure(cfg, model, seed, out, device=device, data_dir=data_dir, threads=threads,
-                         progress=progress)
-        rows += tidy_records(model, seed, result)
-        references[f"{model}-s{seed}"] = {"epoch": result["epoch"], "step": result["step"],
-                                          "test_accuracy_at_epoch": result["metrics"]["test_accuracy"],
-                                          "minibatch_references": [mb["reference"] for mb in result["minibatches"]]}
-        probe_seconds[f"{model}-s{seed}"] = result["probe_seconds"]
-    write_csv(out / "records.csv", ["model", "seed", "minibatch", "start", "q", "alignment", "eigenvalue_estimate"], rows)
+    bar = progress_bar(len(cells), desc="figure5 runs", unit="run", enabled=opts.progress)
+    try:
+        for model, seed in cells:
+            result = measure(cfg, model, seed, out, opts)
+            rows += tidy_records(model, seed, result)
+            references[f"{model}-s{seed}"] = {"epoch": result["epoch"], "step": result["step"],
+                                              "test_accuracy_at_epoch": result["metrics"]["test_accuracy"],
+                                              "minibatch_references": [mb["reference"]
+                                                                       for mb in result["minibatches"]]}
+            probe_seconds[f"{model}-s{seed}"] = result["probe_seconds"]
+            bar.update(1)
+    finally:
+        bar.close()
+    output.csv("records.csv", ["model", "seed", "minibatch", "start", "q", "alignment", "eigenvalue_estimate"],
+               rows)
     all_curves = {m: curves(rows, m, cfg.q_max) for m in cfg.models}
     stem = f"figure5_{cfg.dataset}"
-    save_figure(plot(cfg, all_curves), out, stem)
-    summary = {
+    output.figure(plot(cfg, all_curves), stem)
+    summary = output.summary({
         "figure": "Figure 5", "config": asdict(cfg), "dataset": cfg.dataset, "models": list(cfg.models),
         "paper_setting": {"dataset": PAPER[0], "models": list(PAPER[1]), "at_epoch": PAPER[2]},
         "alignment_by_q": all_curves,
@@ -204,25 +214,24 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
         "measurements": {
             "hessian": f"minibatch Hessian of the mean loss over {cfg.batch_size} unaugmented training images "
                        f"({cfg.hessian_mode} mode) at the parameters after epoch {cfg.at_epoch}",
-            "reference": f"v1 by Lanczos to relative Ritz residual <= {cfg.ref_tol} (at most {cfg.ref_max_iters} products)",
+            "reference": f"v1 by Lanczos to relative Ritz residual <= {cfg.ref_tol} "
+                         f"(at most {cfg.ref_max_iters} products)",
             "estimate": "Algorithm 1 iterate after q Hessian-vector products from a random unit vector (or the "
                         "run's current v_hat: 'warm'); alignment = Align(v_q, v1) (Sec. 4.3)",
             "band": "Student-t 95% CI of the mean over all random starts of all minibatches and seeds",
         },
         "files": {"figure": f"{stem}.png", "records": "records.csv"},
         "probe_seconds": probe_seconds,
-    }
-    return write_summary(summary, out, device, t_start)
-
-
-def main(argv=None) -> dict:
-    args, summary = run_figure_command("figure5", __doc__, Config, run, argv)
-    print(f"wrote {args.out}/{summary['files']['figure']} (+ .pdf), records.csv, summary.json "
+    }, opts.device, t_start)
+    print(f"wrote {out}/{summary['files']['figure']} (+ .pdf), records.csv, summary.json "
           f"({summary['wall_seconds_this_invocation']:.0f} s)")
     for model, cur in summary["alignment_by_q"].items():
         for kind, c in cur.items():
             print(f"  {model_label(model)} {kind}: " + ", ".join(f"q={x['q']}: {x['mean']:.3f}" for x in c))
     return summary
+
+
+main = command("figures.figure5", __doc__, Config, run)
 
 
 if __name__ == "__main__":

@@ -40,13 +40,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from sdesam.curvature import (HessianOperator, alignment, lanczos, power_iteration,
-                              random_unit_vector, slq, unit_vector)
-from sdesam.optim import SAM, EigenSAM, eval_mode, frozen_running_stats
 from sdesam._streams import derived_seed
+from sdesam.curvature import HessianOperator, alignment, lanczos, power_iteration, random_unit_vector, slq, unit_vector
+from sdesam.experiment import write_json
+from sdesam.optim import SAM, EigenSAM, eval_mode, frozen_running_stats
 from sdesam.training import Callback
-
-from .common import write_json_atomic
 
 __all__ = ["HESSIAN_MODES", "hessian_mode", "flat_gradient", "hessian_operator", "Eigenpair",
            "top_eigenpair", "fixed_subset", "perturbation", "AlignmentProbe", "SpectrumProbe",
@@ -353,5 +351,5 @@ class PowerIterationProbe(Callback):
                 rows = power_alignment(op, ref.vector, starts, self.q_max)
             result["minibatches"].append({"index": b, "reference": ref.record(""), "rows": rows})
         result["probe_seconds"] = time.perf_counter() - t0
-        write_json_atomic(result, self.path)
+        write_json(self.path, result)
         raise TrainingStopped(f"measured at the end of epoch {self.at_epoch}")

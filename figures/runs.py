@@ -1,47 +1,50 @@
-"""Plumbing of the figures that train networks (Figures 1, 3, 5, Tables 3–4, Appendix A).
+"""What the figures that train networks (Figures 1, 3, 5, Tables 3–4, Appendix A) and
+Table 1 share; each figure is an ``sdesam.experiment`` command (its flags, validation,
+output directory and summary).
 
 - ``TrainingSettings``: the training fields every such figure exposes, turned into a
   ``sdesam.training.TrainConfig`` by the Table 1 preset (``presets.table1``) plus the
   figure's values — the figures train with the project's one trainer, never a loop of
-  their own;
-- ``add_config_arguments`` / ``config_from_args``: every field of a figure's dataclass
-  configuration is a command-line flag;
-- ``prepare_output``: one output directory holds the results of one configuration
-  (``config.json``); a different configuration is refused, the same one resumes;
+  their own; ``check_training`` refuses, before anything runs, what no run could train;
+- ``check_overrides``: the ``--set KEY=VALUE`` fields a command may not take (those it
+  sets per run, and those it has a flag for);
 - ``run_or_collect``: train a run in its own directory, resume it after an interruption,
   or collect it when it has finished (after checking that it ran this configuration);
-- ``t_band``: mean and Student-t 95% half-width; ``write_csv``: tidy CSV, atomically.
+- ``t_interval`` / ``t_band``: mean and Student-t 95% half-width;
+- labels, captions and ``resolve_dataset`` (``"auto"``: CIFAR-10 when present).
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
-import io
-import json
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdesam.atomic import atomic_write_text
-from sdesam.cli import key_value, optional, prog_name
+from scipy import stats
+
 from sdesam.data import DatasetNotFoundError, load_dataset
 from sdesam.training import RESUME_MUTABLE_FIELDS, TrainConfig, table1, train
 from sdesam.training.files import FINAL_FILE, METRICS_FILE, STEPS_FILE, read_json, read_jsonl
 
-from sdesam.parallel import resolve_device
-
-from .common import check_counts, write_json_atomic
-from .table1 import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS, t_interval
-
-__all__ = ["TrainingSettings", "Run", "run_or_collect", "prepare_output", "add_config_arguments",
-           "config_from_args", "parse_figure_command", "run_figure_command", "t_band", "write_csv",
-           "resolve_dataset", "dataset_label", "model_label", "method_label", "training_caption", "RUN_FIELDS"]
+__all__ = ["TrainingSettings", "Run", "run_or_collect", "check_overrides", "check_distinct", "t_interval",
+           "t_band", "resolve_dataset", "dataset_label", "model_label", "method_label", "training_caption",
+           "RUN_FIELDS", "PER_RUN_FLAGS", "DATASET_LABELS", "MODEL_LABELS", "METHOD_LABELS"]
 
 #: TrainConfig fields that say how a run ran, not what it computed (ignored when a
 #: finished run is matched against its configuration)
 RUN_FIELDS = RESUME_MUTABLE_FIELDS + ("device",)
+
+#: TrainConfig fields a command sets for every run from its own flags (not ``--set``)
+PER_RUN_FLAGS = {"out_dir": "--out", "data_dir": "--data-dir", "device": "--device", "threads": "--threads",
+                 "progress": "--no-progress"}
+
+DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST",
+                  "svhn": "SVHN"}
+MODEL_LABELS = {"resnet18": "ResNet18", "resnet50": "ResNet50", "wrn28_10": "WideResNet-28-10"}
+METHOD_LABELS = {"sgd": "SGD", "sam": "SAM", "eigen_sam": "Eigen-SAM", "usam": "USAM",
+                 "reverse_sam": "Reverse-SAM", "egr": "EGR"}
 
 
 def dataset_label(name: str) -> str:
@@ -80,6 +83,31 @@ def resolve_dataset(name: str, preferred: str, fallback: str, data_dir=None) -> 
     return preferred
 
 
+def check_distinct(flag: str, values) -> None:
+    """Refuse a list that names a value twice (ValueError naming the option): a repeated
+    seed or method would be run once and counted twice."""
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{flag} lists {v!r} twice")
+        seen.add(v)
+
+
+def check_overrides(overrides: dict, per_run: dict) -> None:
+    """Refuse ``--set`` keys that are no ``TrainConfig`` field, that the command sets for
+    every run itself (``per_run`` maps them to what sets them, e.g. ``{"method": "--methods"}``,
+    plus ``PER_RUN_FLAGS``), or ``resume`` (every run resumes). ValueError naming the key."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in overrides:
+        if key not in names:
+            raise ValueError(f"--set {key}=…: TrainConfig has no field {key!r}")
+        if key == "resume":
+            raise ValueError("--set resume=…: every run resumes from its directory; remove it")
+        source = {**PER_RUN_FLAGS, **per_run}.get(key)
+        if source is not None:
+            raise ValueError(f"--set {key}=…: {key} is set for each run by {source}; use that instead")
+
+
 @dataclass
 class TrainingSettings:
     """Training fields shared by the figures; everything else is Table 1's preset
@@ -89,7 +117,7 @@ class TrainingSettings:
 
     Attributes:
         model_kwargs: passed to ``build_model`` (e.g. ``{"width": 8}``).
-        seeds: runs per cell use seeds 0 … seeds−1 (initialisation, shuffling, v̂₀).
+        seeds: the seeds of every cell's runs (initialisation, shuffling, v̂₀).
         epochs: training length of every run (None: the preset's, 200; SGD 400).
         batch_size: minibatch size B.
         train_subset, test_subset: fixed subsets (subset seed 0) or None for all.
@@ -98,7 +126,7 @@ class TrainingSettings:
     """
 
     model_kwargs: dict = field(default_factory=dict)
-    seeds: int = 1
+    seeds: tuple = (0,)
     epochs: int | None = None
     batch_size: int = 256
     train_subset: int | None = None
@@ -119,6 +147,29 @@ class TrainingSettings:
         settings.update(changes)
         settings.update(out_dir=os.fspath(out_dir), resume=True)
         return table1(dataset, model, method, seed, **settings)
+
+    def check_training(self, cells, per_run: dict, examples: int = 0) -> None:
+        """Refuse, before anything runs (ValueError naming the option): negative or repeated
+        seeds, a list of the configuration that names a value twice, ``--set`` keys the
+        figure sets itself (``per_run``: field → its flag; the configuration's own fields
+        have flags too), a training subset without one complete batch or smaller than
+        ``examples`` (the images a probe measures on), and any value ``TrainConfig`` refuses
+        in one of ``cells`` (``(dataset, model, method, changes)`` tuples: every kind of run
+        the figure trains)."""
+        if any(s < 0 for s in self.seeds):
+            raise ValueError(f"--seeds must be integers >= 0, got {list(self.seeds)}")
+        for f in dataclasses.fields(self):
+            if isinstance(getattr(self, f.name), tuple):
+                check_distinct("--" + f.name.replace("_", "-"), getattr(self, f.name))
+        own = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(self)
+               if f.name not in ("overrides", "seeds")}
+        check_overrides(self.overrides, {**own, "dataset": "--dataset", "model": "--model", "seed": "--seeds",
+                                         **per_run})
+        if self.train_subset is not None and examples > self.train_subset:
+            raise ValueError(f"--train-subset {self.train_subset} is smaller than the {examples} training "
+                             "images the probe measures on")
+        for dataset, model, method, changes in cells:
+            self.train_config(dataset, model, method, self.seeds[0], Path("."), **changes)
 
 
 @dataclass
@@ -148,124 +199,15 @@ def run_or_collect(name: str, config: TrainConfig, callbacks=()) -> Run:
     return Run(name, config, final, read_jsonl(out / METRICS_FILE), steps)
 
 
-def _jsonable(obj):
-    return json.loads(json.dumps(obj))
+def t_interval(values, level: float = 0.95) -> tuple[float, float | None]:
+    """(mean, confidence half-width t_{(1+level)/2, n−1} · s / √n); half-width None for n < 2."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, None
+    return mean, float(stats.t.ppf((1 + level) / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
 
 
-def prepare_output(out: Path, cfg) -> None:
-    """Validate ``cfg``, create ``out`` and record ``cfg`` there; refuse a directory that
-    holds results of another configuration (``SystemExit`` naming the differences)."""
-    cfg.validate()
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "config.json"
-    now = _jsonable(dataclasses.asdict(cfg))
-    if saved.exists():
-        prev = json.loads(saved.read_text())
-        if prev != now:
-            diff = {k: (prev.get(k), now.get(k)) for k in sorted(set(prev) | set(now))
-                    if prev.get(k) != now.get(k)}
-            raise SystemExit(f"{out} holds results of another configuration {diff} (saved, "
-                             "requested); use another --out (or delete that directory)")
-    write_json_atomic(now, saved)
-
-
-# -- command line -------------------------------------------------------------------------
-_SCALARS = {"int": int, "float": float, "str": str}
-
-
-def _json_dict(text: str) -> dict:
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls, defaults) -> None:
-    """One flag per dataclass field (``--field-name``); help shows the quick default.
-    Tuples take several values, dicts a JSON object, optional numbers accept ``none``;
-    ``overrides`` is ``--set KEY=VALUE`` (repeatable, JSON values)."""
-    unset = argparse.SUPPRESS          # an absent flag leaves no attribute (``none`` is a value)
-    for f in dataclasses.fields(config_cls):
-        default = getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        if f.name == "overrides":
-            parser.add_argument("--set", dest="overrides", action="append", type=key_value, default=unset,
-                                metavar="KEY=VALUE", help="TrainConfig field for every run (repeatable)")
-        elif kind.startswith("bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=unset,
-                                help=f"default {default}")
-        elif kind.startswith("tuple"):
-            elem = type(default[0]) if default else str
-            parser.add_argument(flag, nargs="+", type=elem, default=unset, help=f"default {' '.join(map(str, default))}")
-        elif kind.startswith("dict"):
-            parser.add_argument(flag, type=_json_dict, default=unset, help=f"JSON object, default {json.dumps(default)}")
-        else:
-            base = _SCALARS[kind.split("|")[0].strip()]
-            parse = optional(base) if "None" in kind else base
-            parser.add_argument(flag, type=parse, default=unset, help=f"default {default}")
-
-
-def config_from_args(args: argparse.Namespace, config):
-    """``config`` with every flag that was given applied (validated by the dataclass)."""
-    changes = {}
-    for f in dataclasses.fields(config):
-        if not hasattr(args, f.name):
-            continue
-        value = getattr(args, f.name)
-        if f.name == "overrides":
-            value = {**config.overrides, **dict(value)}
-        elif isinstance(getattr(config, f.name), tuple):
-            value = tuple(value)
-        changes[f.name] = value
-    return dataclasses.replace(config, **changes)
-
-
-
-def parse_figure_command(name: str, doc: str, config_cls, argv=None):
-    """The command line shared by ``python -m figures.<name>``: the common flags
-    (``--out``, ``--full``, ``--device``, ``--data-dir``, ``--threads``, ``--no-progress``)
-    plus one flag per field of ``config_cls``, applied to its quick default (or to
-    ``config_cls.full()`` with ``--full``). Returns ``(args, config)`` with ``args.device``
-    resolved to a device string; an invalid value, a count of 0 or an empty list
-    (``check_counts``; ``config_cls.zero_allowed`` names the counts that may be 0) exits
-    with a message naming it, before anything runs."""
-    ap = argparse.ArgumentParser(prog=prog_name(f"python -m figures.{name}"), description=doc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("runs") / name, help="output directory")
-    ap.add_argument("--full", action="store_true", help="the paper's configuration (for GPUs)")
-    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
-    ap.add_argument("--data-dir", default=None, help="data directory (default $SDESAM_DATA or ~/.cache/sdesam)")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    ap.add_argument("--no-progress", action="store_true")
-    add_config_arguments(ap, config_cls, config_cls())
-    args = ap.parse_args(argv)
-    try:
-        config = config_from_args(args, config_cls.full() if args.full else config_cls())
-        check_counts(config, getattr(config_cls, "zero_allowed", ()))
-        config.validate()
-        if isinstance(config, TrainingSettings):
-            # one run's TrainConfig, so that a bad training value (--lr -1, --set …) stops
-            # here rather than after config.json is written
-            model = getattr(config, "model", None) or config.models[0]
-            try:
-                config.train_config("fashion_mnist", model, "eigen_sam", 0, Path(name))
-            except TypeError as err:
-                raise ValueError(f"--set names no TrainConfig field ({err})") from None
-    except (TypeError, ValueError) as err:
-        raise SystemExit(str(err))
-    args.device = str(resolve_device(args.device))
-    return args, config
-
-
-def run_figure_command(name: str, doc: str, config_cls, run, argv=None):
-    """``python -m figures.<name>``: ``parse_figure_command``, then ``run(config, out,
-    device=…, data_dir=…, threads=…, progress=…)``. Returns ``(args, summary)``."""
-    args, config = parse_figure_command(name, doc, config_cls, argv)
-    return args, run(config, args.out, device=args.device, data_dir=args.data_dir, threads=args.threads,
-                     progress=not args.no_progress)
-
-# -- statistics and files --------------------------------------------------------------
 def t_band(values, level: float = 0.95) -> tuple[float, float]:
     """(mean, Student-t half-width t_{(1+level)/2, n−1} · s/√n); NaN half-width for n < 2."""
     values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -273,13 +215,3 @@ def t_band(values, level: float = 0.95) -> tuple[float, float]:
         return math.nan, math.nan
     mean, half = t_interval(values, level)
     return mean, math.nan if half is None else half
-
-
-def write_csv(path: Path, fieldnames, rows) -> None:
-    """A tidy CSV (one observation per row), written to a temporary file and renamed."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n", extrasaction="raise")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(row)
-    atomic_write_text(path, buf.getvalue())

@@ -6,55 +6,72 @@
     python -m figures.table1 --collect-only ...           # only tabulate finished runs
 
 Each cell (dataset × model × method × seed) is one ``sdesam.training.train`` run with
-the Table 1 preset (``sdesam.training.presets``) in ``RUNS_DIR/{dataset}-{model}-{method}-s{seed}``.
-A cell whose ``final.json`` exists is collected, not rerun; an interrupted one is
-resumed from its checkpoint. Each table entry is the final test accuracy (%) over the
-seeds: mean ± 95% confidence half-width t_{0.975, n−1} · s / √n (Student t, s the sample
-standard deviation), with the number of seeds n; the best mean of each architecture ×
-dataset group is bold.
+the Table 1 preset (``sdesam.training.presets``) in ``OUT/{dataset}-{model}-{method}-s{seed}``.
+A cell whose ``final.json`` exists is collected, not rerun (after checking that it was
+produced by the cell's configuration); an interrupted one is resumed from its
+checkpoint. ``--out`` may hold cells of several grids: each cell is checked on its own,
+so a grid can be run in parts (e.g. one seed per machine) and tabulated whole. Each
+table entry is the final test accuracy (%) over the seeds: mean ± 95% confidence
+half-width t_{0.975, n−1} · s / √n (Student t, s the sample standard deviation), with
+the number of seeds n; the best mean of each architecture × dataset group is bold. The
+table is written to ``OUT/table1.md`` and ``OUT/table1.csv``.
 
 ``--quick`` (documented in docs/training.md): Fashion-MNIST, ResNet-18 of width 8
 (176k parameters), a fixed 3,000-image training subset and 1,000 test images, batch
 128, 6 epochs (SGD 12), Eigen-SAM p = 20, seeds 0, 1, 2 — ``presets.QUICK``.
 
 ``--jobs N`` trains N cells at a time in separate processes with ``cpu_count // N``
-threads each. ``--set KEY=VALUE`` overrides a ``TrainConfig`` field in every cell.
+threads each (unless ``--threads``). ``--set KEY=VALUE`` overrides a ``TrainConfig``
+field in every cell (not those a cell's place in the grid or a flag sets).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
-import math
 import os
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from scipy import stats
-
-from sdesam.cli import key_value
-from sdesam.training import RESUME_MUTABLE_FIELDS, TrainConfig, table1, table1_quick, train
+from sdesam.atomic import atomic_write_text
+from sdesam.cli import prog_name
+from sdesam.data import check_data_dir
+from sdesam.experiment import add_config_arguments, config_from_args
+from sdesam.parallel import resolve_device
+from sdesam.training import TrainConfig, table1, table1_quick, train
 from sdesam.training.files import FINAL_FILE, read_json
-from sdesam.training.presets import TABLE1_DATASETS, TABLE1_METHODS, TABLE1_MODELS
+from sdesam.training.presets import QUICK, TABLE1_DATASETS, TABLE1_METHODS, TABLE1_MODELS
 
-DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST",
-                  "svhn": "SVHN"}
-MODEL_LABELS = {"resnet18": "ResNet18", "resnet50": "ResNet50", "wrn28_10": "WideResNet-28-10"}
-METHOD_LABELS = {"sgd": "SGD", "sam": "SAM", "eigen_sam": "Eigen-SAM", "usam": "USAM",
-                 "reverse_sam": "Reverse-SAM", "egr": "EGR"}
+from .runs import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS, RUN_FIELDS, check_distinct, check_overrides, t_interval
+
+__all__ = ["Grid", "cell_configs", "collect", "summarize", "to_markdown", "to_csv", "run_grid", "main",
+           "t_interval"]
 
 
-def t_interval(values, level: float = 0.95) -> tuple[float, float | None]:
-    """(mean, confidence half-width t_{(1+level)/2, n−1} · s / √n); half-width None for n < 2."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, None
-    return mean, float(stats.t.ppf((1 + level) / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+@dataclass
+class Grid:
+    """The cells of a Table 1 grid and the ``TrainConfig`` fields every cell takes.
+
+    Attributes:
+        datasets, models, methods, seeds: the grid (every combination is a cell).
+        overrides: further ``TrainConfig`` fields of every cell (``--set KEY=VALUE``).
+    """
+
+    datasets: tuple = TABLE1_DATASETS
+    models: tuple = TABLE1_MODELS
+    methods: tuple = TABLE1_METHODS
+    seeds: tuple = (0, 1, 2)
+    overrides: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls) -> "Grid":
+        """The ``--quick`` grid: ``presets.QUICK``'s dataset and model."""
+        return cls(datasets=(QUICK["dataset"],), models=(QUICK["model"],))
 
 
 def cell_configs(datasets, models, methods, seeds, runs_dir, quick=False, overrides=None) -> list[TrainConfig]:
@@ -73,10 +90,6 @@ def cell_configs(datasets, models, methods, seeds, runs_dir, quick=False, overri
                         cfg = table1(dataset, model, method, seed, **settings)
                     configs.append(cfg)
     return configs
-
-
-#: fields that say how a cell ran, not what it computes: ignored when matching finished runs
-RUN_FIELDS = RESUME_MUTABLE_FIELDS + ("device",)
 
 
 def collect(configs) -> list[dict]:
@@ -181,51 +194,71 @@ def run_grid(configs, jobs: int = 1) -> None:
             print(f"finished {future.result()}", file=sys.stderr, flush=True)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the small CPU grid (see above)")
-    ap.add_argument("--datasets", nargs="+", choices=TABLE1_DATASETS, default=None)
-    ap.add_argument("--models", nargs="+", default=None)
-    ap.add_argument("--methods", nargs="+", default=list(TABLE1_METHODS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--runs-dir", default=None, help="default runs/table1 (runs/table1-quick)")
-    ap.add_argument("--out", default=None, help="output prefix, default RUNS_DIR/table1 (.md, .csv)")
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog_name("python -m figures.table1"), description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="the small CPU grid (see above); its datasets and models are fixed")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="directory of the cells and the table (default runs/table1; runs/table1-quick)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    ap.add_argument("--data-dir", default=None, help="data directory (default $SDESAM_DATA or ~/.cache/sdesam)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads of every cell (default: torch's; with --jobs N, cpu_count // N)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(ap, Grid, Grid())
     ap.add_argument("--collect-only", action="store_true", help="do not train; tabulate finished runs")
     ap.add_argument("--jobs", type=int, default=1, help="cells trained at a time (processes)")
-    ap.add_argument("--set", dest="overrides", action="append", type=key_value, default=[],
-                    metavar="KEY=VALUE", help="TrainConfig override for every cell (repeatable)")
     ap.add_argument("--decimals", type=int, default=None, help="decimals shown (default 1; quick 2)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _grid(args) -> Grid:
+    """The grid the flags describe, refused (ValueError naming the option) before anything
+    runs when a flag contradicts another or no cell could train."""
+    grid = config_from_args(args, Grid.quick() if args.quick else Grid())
+    if args.quick and (grid.datasets, grid.models) != (Grid.quick().datasets, Grid.quick().models):
+        raise ValueError("--quick is the Fashion-MNIST / ResNet-18 grid; drop --datasets/--models")
+    for name in ("datasets", "models", "methods", "seeds"):
+        check_distinct(f"--{name}", getattr(grid, name))
+    check_overrides(grid.overrides, {"dataset": "--datasets", "model": "--models", "method": "--methods",
+                                     "seed": "--seeds"})
+    return grid
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     if args.jobs < 1:
-        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.collect_only and args.jobs != 1:
+        raise ValueError("--jobs has no effect with --collect-only (nothing is trained)")
     if args.decimals is not None and args.decimals < 0:
-        raise SystemExit(f"--decimals must be >= 0, got {args.decimals}")
-    tag = "table1-quick" if args.quick else "table1"
-    datasets = args.datasets or (["fashion_mnist"] if args.quick else list(TABLE1_DATASETS))
-    models = args.models or (["resnet18"] if args.quick else list(TABLE1_MODELS))
-    if args.quick and (datasets != ["fashion_mnist"] or models != ["resnet18"]):
-        raise SystemExit("--quick is the Fashion-MNIST / ResNet-18 grid; drop --datasets/--models")
-    runs_dir = args.runs_dir or f"runs/{tag}"
-    out = Path(args.out or Path(runs_dir) / "table1")
-    try:
-        configs = cell_configs(datasets, models, args.methods, args.seeds, runs_dir, args.quick,
-                               dict(args.overrides))
-    except (TypeError, ValueError) as err:
-        raise SystemExit(str(err))
+        raise ValueError(f"--decimals must be >= 0, got {args.decimals}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    grid = _grid(args)
+    out = args.out or Path("runs") / ("table1-quick" if args.quick else "table1")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
+    check_data_dir(args.data_dir)
+    resolve_device(args.device)                 # refuses a device this machine lacks; cells resolve it again
+    settings = dict(grid.overrides, data_dir=args.data_dir, device=args.device, threads=args.threads,
+                    progress=not args.no_progress)
+    configs = cell_configs(grid.datasets, grid.models, grid.methods, grid.seeds, out, args.quick, settings)
     t0 = time.perf_counter()
     if not args.collect_only:
         run_grid(configs, args.jobs)
     elapsed = time.perf_counter() - t0
     summary = summarize(collect(configs))
     decimals = args.decimals if args.decimals is not None else (2 if args.quick else 1)
-    table = to_markdown(summary, datasets, models, args.methods, decimals)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.md").write_text(table)
-    Path(f"{out}.csv").write_text(to_csv(summary))
+    table = to_markdown(summary, grid.datasets, grid.models, grid.methods, decimals)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "table1.md", table)
+    atomic_write_text(out / "table1.csv", to_csv(summary))
     print(table, end="")
     print(f"({len(configs)} cells, {sum(s['n'] for s in summary.values())} finished; "
           f"mean ± 95% CI half-width over seeds (Student t), test accuracy %; "
-          f"{elapsed:.0f} s; written to {out}.md and {out}.csv)")
+          f"{elapsed:.0f} s; written to {out / 'table1.md'} and {out / 'table1.csv'})")
     return 0
 
 

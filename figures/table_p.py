@@ -5,7 +5,7 @@
 
 For every dataset × model, Eigen-SAM trained with each p of ``ps`` (v̂ re-estimated by
 q power iterations every p steps, counted globally from the first step, which refreshes)
-and SAM, ``seeds`` runs each, by the project's trainer with Table 1's preset. An entry
+and SAM, one run per seed of ``seeds``, by the project's trainer with Table 1's preset. An entry
 is the final test accuracy in %, mean ± t_{0.975, n−1}·s/√n over the seeds (Student t, s
 the sample standard deviation), with n — Table 1's convention (``figures.table1``). The
 layout is the paper's: one table per dataset, one row per architecture, columns
@@ -14,9 +14,9 @@ with few steps a large p refreshes only a handful of times.
 
 Quick (a CPU, minutes; not the paper's setting): Fashion-MNIST, ResNet-18 of width 8, a
 2,000-image training subset, 1,000 test images, batch 128, 4 epochs (60 steps),
-p ∈ {5, 10, 20, 50} (12, 6, 3 and 2 refreshes), 2 seeds. Full: CIFAR-10 (Table 3) and
+p ∈ {5, 10, 20, 50} (12, 6, 3 and 2 refreshes), seeds 0, 1. Full: CIFAR-10 (Table 3) and
 CIFAR-100 (Table 4), ResNet-18 and WRN-28-10, Table 1's preset (200 epochs, batch 256:
-39,000 steps on CIFAR), p ∈ {100, 200, 500, 1000}, 3 seeds.
+39,000 steps on CIFAR), p ∈ {100, 200, 500, 1000}, seeds 0, 1, 2.
 
 Outputs in ``--out`` (default ``runs/table_p``): ``table_p.md`` (the tables),
 ``table_p.csv`` (tidy: one row per run), ``table_p_{datasets}.png``/``.pdf`` (accuracy
@@ -28,16 +28,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from sdesam._progress import progress as progress_bar
+from sdesam.atomic import atomic_write_text
+from sdesam.experiment import command
 from sdesam.refresh import RefreshSchedule
 
-from .common import save_figure, write_summary
-from .runs import (TrainingSettings, dataset_label, run_figure_command,
-                   model_label, prepare_output, run_or_collect, t_band, write_csv)
+from .runs import TrainingSettings, dataset_label, model_label, run_or_collect, t_band
 
 PAPER_TABLES = {"cifar10": "Table 3", "cifar100": "Table 4"}
 COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple")
@@ -50,7 +49,7 @@ class Config(TrainingSettings):
     datasets: tuple = ("fashion_mnist",)
     models: tuple = ("resnet18",)
     model_kwargs: dict = field(default_factory=lambda: {"width": 8})
-    seeds: int = 2
+    seeds: tuple = (0, 1)
     epochs: int | None = 4
     batch_size: int = 128
     train_subset: int | None = 2000
@@ -62,13 +61,22 @@ class Config(TrainingSettings):
 
     @classmethod
     def full(cls) -> "Config":
-        return cls(datasets=("cifar10", "cifar100"), models=("resnet18", "wrn28_10"), model_kwargs={}, seeds=3,
-                   epochs=None, batch_size=256, train_subset=None, test_subset=None, ps=(100, 200, 500, 1000))
+        return cls(datasets=("cifar10", "cifar100"), models=("resnet18", "wrn28_10"), model_kwargs={},
+                   seeds=(0, 1, 2), epochs=None, batch_size=256, train_subset=None, test_subset=None,
+                   ps=(100, 200, 500, 1000))
 
     def validate(self) -> "Config":
         if not self.ps or min(self.ps) < 1 or len(set(self.ps)) != len(self.ps):
             raise ValueError(f"ps must be distinct integers >= 1, got {self.ps}")
+        cells = [(d, m, "sam" if c == "sam" else "eigen_sam", self.run_changes(c))
+                 for d in self.datasets for m in self.models for c in self.columns()]
+        self.check_training(cells, {"dataset": "--datasets", "model": "--models", "method": "--ps and --include-sam",
+                                    "p": "--ps"})
         return self
+
+    def run_changes(self, column) -> dict:
+        """The TrainConfig fields this table sets in the runs of ``column`` (a p or "sam")."""
+        return {"alpha": self.alpha, "q": self.q, **({} if column == "sam" else {"p": column})}
 
     def columns(self) -> list:
         return list(self.ps) + (["sam"] if self.include_sam else [])
@@ -158,38 +166,44 @@ def plot(cfg: Config, table: dict):
         ax.grid(alpha=0.3)
     n_train = "all" if cfg.train_subset is None else f"{cfg.train_subset}"
     fig.suptitle(f"{n_train} training images, B = {cfg.batch_size}, {cfg.epochs or 'preset'} epochs, α = {cfg.alpha}, "
-                 f"q = {cfg.q}, {cfg.seeds} seeds", fontsize=10)
+                 f"q = {cfg.q}, {len(cfg.seeds)} seeds", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=None,
-        progress: bool = True) -> dict:
+def run(cfg: Config, output, opts) -> dict:
+    """Train (or resume / collect) every (dataset, model, column, seed) run and write the outputs."""
     t_start = time.perf_counter()
-    prepare_output(out, cfg)
-    grid = [(d, m, c, s) for d in cfg.datasets for m in cfg.models for c in cfg.columns() for s in range(cfg.seeds)]
+    out = output.path
+    grid = [(d, m, c, s) for d in cfg.datasets for m in cfg.models for c in cfg.columns() for s in cfg.seeds]
     rows, walls, steps = [], {}, {}
-    for dataset, model, column, seed in tqdm(grid, desc="table_p runs", unit="run", disable=not progress):
-        name = f"{dataset}-{model}-{'sam' if column == 'sam' else f'p{column}'}-s{seed}"
-        method, extra = ("sam", {}) if column == "sam" else ("eigen_sam", {"p": column})
-        tc = cfg.train_config(dataset, model, method, seed, out / "runs" / name, alpha=cfg.alpha, q=cfg.q,
-                              data_dir=data_dir, device=device, threads=threads, progress=progress, **extra)
-        result = run_or_collect(name, tc)
-        walls[name] = result.final["wall_time_s"]
-        steps[dataset] = result.final["steps"]
-        rows.append({"dataset": dataset, "model": model, "column": column_label(column),
-                     "p": "" if column == "sam" else column, "seed": seed,
-                     "test_accuracy": result.final["test_accuracy"], "test_loss": result.final["test_loss"],
-                     "train_loss": result.final["train_loss"], "steps": result.final["steps"],
-                     "refreshes": "" if column == "sam" else refreshes(column, result.final["steps"])})
-    write_csv(out / "table_p.csv", ["dataset", "model", "column", "p", "seed", "test_accuracy", "test_loss",
-                                    "train_loss", "steps", "refreshes"], rows)
+    bar = progress_bar(len(grid), desc="table_p runs", unit="run", enabled=opts.progress)
+    try:
+        for dataset, model, column, seed in grid:
+            name = f"{dataset}-{model}-{'sam' if column == 'sam' else f'p{column}'}-s{seed}"
+            method = "sam" if column == "sam" else "eigen_sam"
+            tc = cfg.train_config(dataset, model, method, seed, out / "runs" / name, **cfg.run_changes(column),
+                                  data_dir=opts.data_dir, device=str(opts.device), threads=opts.threads,
+                                  progress=opts.progress)
+            result = run_or_collect(name, tc)
+            walls[name] = result.final["wall_time_s"]
+            steps[dataset] = result.final["steps"]
+            rows.append({"dataset": dataset, "model": model, "column": column_label(column),
+                         "p": "" if column == "sam" else column, "seed": seed,
+                         "test_accuracy": result.final["test_accuracy"], "test_loss": result.final["test_loss"],
+                         "train_loss": result.final["train_loss"], "steps": result.final["steps"],
+                         "refreshes": "" if column == "sam" else refreshes(column, result.final["steps"])})
+            bar.update(1)
+    finally:
+        bar.close()
+    output.csv("table_p.csv", ["dataset", "model", "column", "p", "seed", "test_accuracy", "test_loss",
+                               "train_loss", "steps", "refreshes"], rows)
     table = entries(rows)
     markdown = to_markdown(cfg, table, steps)
-    (out / "table_p.md").write_text(markdown)
+    atomic_write_text(output.file("table_p.md"), markdown)
     stem = "table_p_" + "_".join(cfg.datasets)
-    save_figure(plot(cfg, table), out, stem)
-    summary = {
+    output.figure(plot(cfg, table), stem)
+    summary = output.summary({
         "table": "Tables 3-4", "config": asdict(cfg), "datasets": list(cfg.datasets), "models": list(cfg.models),
         "paper_datasets": PAPER_TABLES,
         "entries": [{"dataset": d, "model": m, "column": column_label(c), **e} for (d, m, c), e in table.items()],
@@ -197,16 +211,14 @@ def run(cfg: Config, out: Path, *, device: str = "cpu", data_dir=None, threads=N
         "entry_definition": "final test accuracy (%), mean ± t_{0.975,n-1} s/sqrt(n) over seeds",
         "files": {"markdown": "table_p.md", "csv": "table_p.csv", "figure": f"{stem}.png"},
         "run_wall_seconds": walls,
-    }
-    return write_summary(summary, out, device, t_start)
-
-
-def main(argv=None) -> dict:
-    args, summary = run_figure_command("table_p", __doc__, Config, run, argv)
-    print((args.out / "table_p.md").read_text(), end="")
-    print(f"(written to {args.out}/table_p.md, table_p.csv, {summary['files']['figure']}, summary.json; "
+    }, opts.device, t_start)
+    print(markdown, end="")
+    print(f"(written to {out}/table_p.md, table_p.csv, {summary['files']['figure']}, summary.json; "
           f"{summary['wall_seconds_this_invocation']:.0f} s)")
     return summary
+
+
+main = command("figures.table_p", __doc__, Config, run)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ The mathematics each object implements: docs/math.md in the repository.
 from . import rules, updates
 from .dynamics import Dynamics, RunState
 from .errors import NonFiniteStateError
-from .montecarlo import Estimate, estimate
 from .moments import moment_test
+from .montecarlo import Estimate, estimate
 from .oracles import TaylorVectors
 from .problem import FunctionProblem, ModuleProblem, Problem
 from .registry import DYNAMICS, make_dynamics

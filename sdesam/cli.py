@@ -79,12 +79,13 @@ COMMANDS: dict[str, Command] = {
     "figure3": _module("figures.figure3", "Figure 3: test accuracy against α; Hessian spectrum (SLQ)"),
     "figure5": _module("figures.figure5", "Figure 5: power-iteration estimate's alignment with v₁ against q"),
     "table1": Command("figures.table1", "Table 1: test accuracy of SGD / SAM / Eigen-SAM (--quick: CPU grid)",
-                      _KEPT, out_flag="--runs-dir", out_default="runs/table1 (runs/table1-quick with --quick)"),
+                      _KEPT, out_default="runs/table1 (runs/table1-quick with --quick)"),
     "table_p": _module("figures.table_p", "Tables 3-4: Eigen-SAM test accuracy against the refresh interval p"),
     "appendix_a": _module("figures.appendix_a", "Appendix A: SAM, Reverse-SAM and EGR losses"),
     "weak-error": _module("validation.weak_error", "weak error of the SDEs against η and ρ (Theorem 4.1)"),
     "moment-test": _module("validation.moment_test", "one-step moment test: discrete step vs SDE drift and "
                            "diffusion, against ρ (Lemma B.3)"),
+    "svag": _module("figures.svag", "the SAM-SVAG test: metrics against effective time for l = 1, 2, 4, 8"),
     "train": Command("sdesam.train", "train an image classifier (SGD / SAM family / Eigen-SAM …)",
                      "the run's last checkpoint is kept in {out}; rerun the same command with --resume "
                      "to continue it", out_flag="--out-dir", out_default="its --out-dir"),
@@ -194,7 +195,8 @@ def _help() -> str:
     for name, c in COMMANDS.items():
         lines.append(f"  {name:<{width}}  {c.summary}  [python -m {c.module}]")
     lines += ["", "Each is the same program as python -m <the module in brackets>; sdesam <command> --help",
-              "lists its options.", "", "Options for every command:",
+              "lists its options. In command names - and _ may be written for each other (table-p).", "",
+              "Options for every command:",
               f"  --debug  show the full traceback of an error (or set {DEBUG_ENV}=1)"]
     return "\n".join(lines)
 
@@ -216,6 +218,7 @@ def main(argv=None) -> int:
             print("usage: sdesam bench {oracles,eigensam,curvature,causal,gpu} [options]")
             return 0 if rest else 2
         name, rest = f"bench {rest[0]}", rest[1:]
+    name = _canonical(name)
     if name not in COMMANDS:
         print(f"sdesam: error: unknown command {name!r}; one of: {', '.join(COMMANDS)} "
               "(sdesam --help)", file=sys.stderr)
@@ -229,6 +232,15 @@ def main(argv=None) -> int:
         print(f"sdesam {name}: error: {exc}", file=sys.stderr)
         return 2
     return run_main(module.main, f"sdesam {name}", rest, command)
+
+
+def _canonical(name: str) -> str:
+    """The ``COMMANDS`` name that ``name`` spells with ``-`` for ``_`` or the other way round
+    (``table-p`` → ``table_p``, ``weak_error`` → ``weak-error``); ``name`` when none does."""
+    for spelling in (name, name.replace("-", "_"), name.replace("_", "-")):
+        if spelling in COMMANDS:
+            return spelling
+    return name
 
 
 def _import_command(module_name: str):

@@ -50,6 +50,7 @@ from typing import Callable
 import torch
 
 from .atomic import atomic_open, atomic_write_text
+from .data.paths import check_data_dir
 from .parallel import resolve_device
 
 __all__ = ["environment", "Output", "Options", "command", "add_config_arguments", "config_from_args",
@@ -85,6 +86,7 @@ def environment(device="cpu", world_size: int = 1) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
+        info["gpu_count"] = torch.cuda.device_count()
     return info
 
 
@@ -260,7 +262,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, defaults, 
             parser.add_argument(flag, nargs="+", type=elem, default=unset,
                                 help=f"default {' '.join(map(str, default))}", **extra)
         elif kind.startswith("dict"):
-            parser.add_argument(flag, type=_json_dict, default=unset, help=f"JSON object, default {json.dumps(default)}")
+            parser.add_argument(flag, type=_json_dict, default=unset,
+                                help=f"JSON object, default {json.dumps(default)}")
         else:
             base = _SCALARS[kind.split("|")[0].strip()]
             parse = _optional(base) if "None" in kind else base
@@ -321,7 +324,8 @@ def command(module: str, doc: str, config_cls, run: Callable, *, choices: dict |
                         help="output directory (a rerun with the same configuration resumes there)")
         if hasattr(config_cls, "full") or hasattr(config_cls, "defaults"):
             ap.add_argument("--full", action="store_true", help="the paper-scale configuration (for a GPU)")
-        ap.add_argument("--device", default=default_device, help=f"cpu, cuda, cuda:N or auto (default {default_device})")
+        ap.add_argument("--device", default=default_device,
+                        help=f"cpu, cuda, cuda:N or auto (default {default_device})")
         ap.add_argument("--data-dir", default=None, help="data directory (default $SDESAM_DATA or ~/.cache/sdesam)")
         ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
         ap.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -349,6 +353,7 @@ def command(module: str, doc: str, config_cls, run: Callable, *, choices: dict |
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         device = resolve_device(args.device)
+        check_data_dir(args.data_dir)
         if device.type == "cpu":
             keep_freed_memory()
         opts = Options(device, args.data_dir, args.threads, not args.no_progress, argv, module)

@@ -290,8 +290,9 @@ def moment_test(problem: Problem, x: Tensor, rhos: Sequence[float], *, rule="sam
                         "cov": _fit(rhos, cov[:, j], cov_se[:, j], None if cov_loo is None else cov_loo[:, :, j],
                                     theory)}
     tiny = np.finfo(float).tiny
-    config = {"rule": rule.config(), "update": update.config(), "micro_batches": m, "n_batches": "exact" if exact else N,
-              "projections": r, "groups": G, "chunk": chunk, "seed": seed, "models": {k: list(v) for k, v in models.items()},
+    config = {"rule": rule.config(), "update": update.config(), "micro_batches": m,
+              "n_batches": "exact" if exact else N, "projections": r, "groups": G, "chunk": chunk, "seed": seed,
+              "models": {k: list(v) for k, v in models.items()},
               "eigvec": eigvec is not None, "problem": problem.config()}
     return MomentTest(rhos, tuple(names), drift, drift_se, drift / np.maximum(mean_norm, tiny)[:, None], cov, cov_se,
                       cov / np.maximum(cov_norm, tiny)[:, None], mean_norm, cov_norm, slopes, config,

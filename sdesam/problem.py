@@ -37,8 +37,7 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_int, check_nonnegative
 from .jet import LowRankWeightTangent, SequentialJet
-from .oracles import (TaylorVectors, autograd_gradient, autograd_hvp, autograd_taylor,
-                      check_order)
+from .oracles import TaylorVectors, autograd_gradient, autograd_hvp, autograd_taylor, check_order
 from .rules import PerturbationRule, get_rule
 
 __all__ = ["Problem", "FunctionProblem", "ModuleProblem", "DEFAULT_BLOCK_MEMORY"]
@@ -147,7 +146,7 @@ class Problem(ABC):
         other._on_batch_size_change()
         return other
 
-    def _on_batch_size_change(self) -> None:
+    def _on_batch_size_change(self) -> None:  # noqa: B027 - a hook; most problems keep nothing per batch size
         """Hook: recompute what depends on the batch size (``ModuleProblem``'s block size)."""
 
     # -- oracles --------------------------------------------------------------------
@@ -483,7 +482,7 @@ class ModuleProblem(Problem):
             if self._jet is not None:
                 self._jet_hvp(xi, bi, vi, out[rows])
             else:
-                out[rows] = autograd_hvp(lambda z: self._batch_loss(self.unflatten(z), bi), xi, vi)
+                out[rows] = autograd_hvp(lambda z, b=bi: self._batch_loss(self.unflatten(z), b), xi, vi)
         return out.reshape(*S, self.dim)
 
     def hvp_at(self, x, batch):
@@ -638,7 +637,7 @@ class ModuleProblem(Problem):
         params = self.unflatten(x.detach())
         total, correct, count = 0.0, 0, 0
         with torch.no_grad():
-            for X, Y, n in self._chunks(split):
+            for X, Y, _ in self._chunks(split):
                 out = self._forward(params, X)
                 total += float(self._loss_fn(out, Y)) * X.shape[0]
                 if out.dim() == 2 and not Y.is_floating_point():

@@ -55,8 +55,15 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_int, check_nonnegative
-from ._streams import STREAM_NOISE, STREAM_RULE, brownian_increments, derived_seed, draw_batches, \
-    seeded_generator, substep_key
+from ._streams import (
+    STREAM_NOISE,
+    STREAM_RULE,
+    brownian_increments,
+    derived_seed,
+    draw_batches,
+    seeded_generator,
+    substep_key,
+)
 from .discrete import check_micro_batches
 from .dynamics import Dynamics, RunState
 from .eigenpairs import MAX_DENSE_DIM, EigenSolverMixin

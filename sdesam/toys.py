@@ -131,41 +131,31 @@ class GLMProblem(Problem):
         return FunctionProblem(per_example, (self.A, self.y), self.batch_size, self.x0, name=self.name)
 
     # -- pieces -----------------------------------------------------------------------
-    def _residuals(self, x: Tensor, batch: Tensor):
-        """(a, r): features a = A[batch] (*Sb, B, d), NOT expanded to S, and residuals
-        r (*S, B). Contractions are matrix products when the minibatches are shared by all
-        points (exact expectations), else ``einsum`` with broadcasting leading dimensions;
-        a is never expanded to (*S, B, d)."""
+    def _check(self, x: Tensor, batch: Tensor) -> None:
         if x.shape[-1] != self.dim:
             raise ValueError(f"x has last dimension {x.shape[-1]}, expected d={self.dim}")
         if batch.dim() < 1 or batch.shape[-1] != self.batch_size:
             raise ValueError(f"batch must have shape (..., B={self.batch_size}), got {tuple(batch.shape)}")
         torch.broadcast_shapes(x.shape[:-1], batch.shape[:-1])     # raises if incompatible
-        a = self.A[batch]
-        r = self._dot_features(a, x) - self.y[batch]
-        return a, r
 
     @staticmethod
-    def _shared(a: Tensor, v: Tensor) -> bool:
-        """Whether a (N, B, d) is shared by points v (M, N or 1, d) — the exact-expectation
-        layout, where the contractions become matrix products."""
-        return a.dim() == 3 and v.dim() == 3 and v.shape[1] in (1, a.shape[0])
+    def _shared(x: Tensor, batch: Tensor) -> bool:
+        """Whether N minibatches (N, B) are shared by all points x (M, 1 or N, d): the
+        exact-expectation layout, evaluated per example (``_SharedBatches``)."""
+        return batch.dim() == 2 and x.dim() == 3 and x.shape[1] in (1, batch.shape[0])
 
-    @classmethod
-    def _dot_features(cls, a: Tensor, v: Tensor) -> Tensor:
-        """a_iᵀv for every example: a (*Sb, B, d), v (*Sv, d) → (*S, B)."""
-        if cls._shared(a, v):
-            N, B, d = a.shape
-            if v.shape[1] == 1:            # one GEMM: (M, d) × (d, N·B)
-                return (v[:, 0] @ a.reshape(N * B, d).T).view(v.shape[0], N, B)
-            return torch.bmm(v.transpose(0, 1), a.transpose(1, 2)).transpose(0, 1)     # (N, M, d) × (N, d, B)
-        return torch.einsum("...bd,...d->...b", a, v)
-
-    def _mean_scaled(self, w: Tensor, a: Tensor) -> Tensor:
-        """mean_i w_i a_i over the minibatch axis: w (*S, B), a (*Sb, B, d) → (*S, d)."""
-        if self._shared(a, w) and w.shape[1] == a.shape[0]:
-            return torch.bmm(w.transpose(0, 1), a).transpose(0, 1).mul_(1.0 / self.batch_size)
-        return torch.einsum("...b,...bd->...d", w, a * (1.0 / self.batch_size))
+    def _evaluator(self, x: Tensor, batch: Tensor):
+        """(r, mean, mean_scaled, dot) for either layout: residuals r, and the maps
+        w ↦ mean_{i∈γ} w_i, w ↦ mean_{i∈γ} w_i a_i and v ↦ a_iᵀv on r's shape."""
+        self._check(x, batch)
+        if self._shared(x, batch):
+            sh = _SharedBatches(self, x, batch)
+            return sh.r, sh.mean, sh.mean_scaled, sh.dot
+        a = self.A[batch]                                  # (*Sb, B, d), never expanded to S
+        r = torch.einsum("...bd,...d->...b", a, x) - self.y[batch]
+        scaled = a * (1.0 / self.batch_size)
+        return (r, lambda w: w.mean(-1), lambda w: torch.einsum("...b,...bd->...d", w, scaled),
+                lambda v: torch.einsum("...bd,...d->...b", a, v))
 
     def _with_shape(self, v: Tensor, x: Tensor, batch: Tensor) -> Tensor:
         S = torch.broadcast_shapes(x.shape[:-1], batch.shape[:-1])
@@ -173,8 +163,8 @@ class GLMProblem(Problem):
 
     # -- oracles ----------------------------------------------------------------------
     def loss(self, x, batch):
-        a, r = self._residuals(x, batch)
-        out = self._phi(r).mean(-1)
+        r, mean, _, _ = self._evaluator(x, batch)
+        out = mean(self._phi(r))
         return out + (0.5 * self.l2) * (x * x).sum(-1) if self.l2 else out
 
     def full_loss(self, x):
@@ -189,16 +179,15 @@ class GLMProblem(Problem):
         return g + self.l2 * x if self.l2 else g
 
     def gradient(self, x, batch):
-        a, r = self._residuals(x, batch)
+        r, _, mean_scaled, _ = self._evaluator(x, batch)
         (d1,) = self._derivs(r, 1)
-        g = self._mean_scaled(d1, a)
+        g = mean_scaled(d1)
         return self._with_shape(g + self.l2 * x if self.l2 else g, x, batch)
 
     def hvp(self, x, batch, v):
-        a, r = self._residuals(x, batch)
+        r, _, mean_scaled, dot = self._evaluator(x, batch)
         _, d2 = self._derivs(r, 2)
-        av = self._dot_features(a, v)
-        hv = self._mean_scaled(d2 * av, a)
+        hv = mean_scaled(d2 * dot(v))
         return self._with_shape(hv + self.l2 * v if self.l2 else hv, x, batch)
 
     def taylor(self, x, batch, rule="sam", rho=0.0, order=2, eigvec=None, components=False, generator=None):
@@ -206,31 +195,31 @@ class GLMProblem(Problem):
         order = check_order(order)
         rho = check_nonnegative("rho", rho)
         rule = get_rule(rule)
-        a, r = self._residuals(x, batch)
+        r, _, mean_scaled, dot = self._evaluator(x, batch)
         d1, d2, d3 = self._derivs(r, 3)
-        g = self._mean_scaled(d1, a)
+        g = mean_scaled(d1)
         if self.l2:
             g = g + self.l2 * x
         g = self._with_shape(g, x, batch)
         eps = rule(g, eigvec, x=x, generator=generator)
         if order == 0:
             return TaylorVectors(v=g, g=g, eps=eps, order=0, rho=rho)
-        ae = self._dot_features(a, eps)                          # a_iᵀε, (*S, B)
+        ae = dot(eps)                                            # a_iᵀε
         if not components:
             # one fused combination: v = g + mean_i w_i a_i, w_i = a_iᵀε (ρφ''(r_i) + ρ²/2 φ'''(r_i) a_iᵀε)
             w = rho * d2
             if order == 2:
                 w = torch.addcmul(w, d3, ae, value=0.5 * rho * rho)
-            v = g + self._mean_scaled(w.mul_(ae), a)
+            v = g + mean_scaled(w * ae)
             if self.l2:
                 v = v + (rho * self.l2) * eps
             return TaylorVectors(v=v, g=g, eps=eps, order=order, rho=rho)
-        h = self._mean_scaled(d2 * ae, a)
+        h = mean_scaled(d2 * ae)
         if self.l2:
             h = h + self.l2 * eps
         if order == 1:
             return TaylorVectors(v=g + rho * h, g=g, eps=eps, order=1, rho=rho, h=h)
-        t = self._mean_scaled(d3 * ae * ae, a)
+        t = mean_scaled(d3 * ae * ae)
         v = g + rho * h + (0.5 * rho * rho) * t
         return TaylorVectors(v=v, g=g, eps=eps, order=2, rho=rho, h=h, t=t)
 
@@ -245,12 +234,44 @@ class GLMProblem(Problem):
     def hessian(self, x: Tensor, batch: Tensor) -> Tensor:
         """H_γ = ∇²f_γ(x) in closed form, x (*Sx, d) and batch (*Sb, B) → (*S, d, d)
         (used by ``sdesam.eigenpairs``' dense path instead of d Hessian-vector products)."""
-        a, r = self._residuals(x, batch)
+        self._check(x, batch)
+        a = self.A[batch]
+        r = torch.einsum("...bd,...d->...b", a, x) - self.y[batch]
         _, d2 = self._derivs(r, 2)
         H = torch.einsum("...b,...bi,...bj->...ij", d2, a, a) / self.batch_size
         S = torch.broadcast_shapes(x.shape[:-1], batch.shape[:-1])
         H = H.expand(*S, self.dim, self.dim)
         return H + self.l2 * torch.eye(self.dim, dtype=x.dtype, device=x.device) if self.l2 else H
+
+
+class _SharedBatches:
+    """Per-example evaluation of N minibatches shared by M points (exact expectations).
+
+    With membership weights S (N, n), S_γi = 1/B when example i is in minibatch γ, every
+    minibatch mean is a product over the n examples, mean_{i∈γ} w_i a_i = (w ⊙ S) A, and
+    the residuals r = xAᵀ − y (M, 1 or N, n) are computed once per example. Every array is
+    a contiguous (M, N, ·) block: far cheaper than gathering (M, N, B) features when n is
+    small, as on the toys.
+    """
+
+    def __init__(self, problem: GLMProblem, x: Tensor, batch: Tensor):
+        self.A = problem.A
+        weights = torch.full(batch.shape, 1.0 / problem.batch_size, dtype=x.dtype, device=x.device)
+        self.S = torch.zeros(batch.shape[0], problem.n_train, dtype=x.dtype, device=x.device)
+        self.S.scatter_add_(1, batch, weights)
+        self.r = x @ problem.A.T - problem.y                   # (M, 1 or N, n)
+
+    def mean(self, w: Tensor) -> Tensor:
+        """mean_{i∈γ} w_i: w (M, 1 or N, n) → (M, N)."""
+        return (w * self.S).sum(-1)
+
+    def mean_scaled(self, w: Tensor) -> Tensor:
+        """mean_{i∈γ} w_i a_i: w (M, 1 or N, n) → (M, N, d)."""
+        return (w * self.S) @ self.A
+
+    def dot(self, v: Tensor) -> Tensor:
+        """a_iᵀv for every example: v (M, 1 or N, d) or (d,) → (M, 1 or N, n)."""
+        return v @ self.A.T
 
 
 # -- the named toy problems -------------------------------------------------------------

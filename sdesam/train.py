@@ -17,8 +17,10 @@ Without ``--preset`` the defaults are ``TrainConfig``'s (Table 1's SAM settings)
 VALUE parsed as JSON when possible) fills ``model_kwargs``. ``--resume`` continues the run
 in ``--out-dir``; ``--print-config`` prints the resolved configuration and exits. The
 final metrics are printed as one JSON line. An invalid combination of options (e.g.
-``--micro-batches 3`` with a batch of 256, ``--svag 0``, ``--gamma 1``) is refused before
-anything runs, with one line naming it.
+``--micro-batches 3`` with a batch of 256, ``--svag 0``, ``--gamma 1``, ``--weights-path``
+with a preset that does not use it), a ``--data-dir`` that is not a directory, an
+``--out-dir`` that is a file and a device this machine lacks are refused before anything
+runs, with one line naming them.
 """
 from __future__ import annotations
 
@@ -26,8 +28,11 @@ import argparse
 import dataclasses
 import json
 import typing
+from pathlib import Path
 
-from .cli import key_value, optional
+from .cli import key_value, optional, prog_name
+from .data import check_data_dir
+from .parallel import check_device
 from .training import PRESETS, TrainConfig, train
 
 __all__ = ["main", "add_arguments", "config_from_args", "TrainConfig", "train"]
@@ -74,9 +79,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if hasattr(args, "model_kwarg"):
         given["model_kwargs"] = dict(args.model_kwarg)
     preset = getattr(args, "preset", None)
+    weights = getattr(args, "weights_path", None)
+    if weights is not None:
+        if preset not in (None, "table2"):
+            raise ValueError(f"--weights-path is used by --preset table2 or without a preset, not by --preset {preset}")
+        if "weights_path" in given.get("model_kwargs", {}):
+            raise ValueError("--weights-path and --model-kwarg weights_path=… both name the weights; give one")
+        if preset is None or "model_kwargs" in given:
+            given.setdefault("model_kwargs", {})["weights_path"] = weights
     if preset is None:
-        if hasattr(args, "weights_path"):
-            given.setdefault("model_kwargs", {})["weights_path"] = args.weights_path
         return TrainConfig(**given)
     required = _PRESET_REQUIRED[preset]
     missing = [k for k in required if k not in given]
@@ -84,8 +95,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ValueError(f"--preset {preset} needs --{' --'.join(missing)}")
     positional = [given.pop(k) for k in required] + [given.pop("seed", 0)]
     if preset == "table2":
-        given["weights_path"] = getattr(args, "weights_path", None)
+        given["weights_path"] = weights
     return PRESETS[preset](*positional, **given)
+
+
+def _check_run(config: TrainConfig) -> None:
+    """Refuse, before a run starts, a ``data_dir`` that is not a directory, an ``out_dir``
+    that is a file, and a device this machine lacks (ValueError naming the option)."""
+    check_data_dir(config.data_dir)
+    out = Path(config.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {config.out_dir!r} exists and is not a directory")
+    if config.device != "auto":
+        check_device(config.device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
         return 0
+    _check_run(config)
     result = train(config)
     summary = {k: v for k, v in result.final.items() if k != "config"}
     print(json.dumps({"out_dir": str(result.out_dir), **summary}, sort_keys=True))
@@ -100,13 +123,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="sdesam train", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog_name("python -m sdesam.train"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     try:
         return run(parser.parse_args(argv))
     except ValueError as err:
-        parser.exit(2, f"sdesam train: error: {err}\n")
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from sdesam.rules import EigenSAMRule, get_rule
 from sdesam.problem import ModuleProblem
+from sdesam.rules import EigenSAMRule, get_rule
 
 from .problems import DTYPE
 

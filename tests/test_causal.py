@@ -7,13 +7,23 @@ import pytest
 import torch
 
 from sdesam import make_dynamics
-from sdesam.eigenpairs import full_hessian_top_eigenvector, minibatch_top_eigenpairs
 from sdesam._streams import draw_batches
+from sdesam.eigenpairs import full_hessian_top_eigenvector, minibatch_top_eigenpairs
 from sdesam.rules import DirectionRule
 from sdesam.sde import AlignedSDE5, EigenSAMSDE, SAMFamilySDE
 
-from .problems import (DTYPE, LogCoshReference, aligned_problem, rank_one_problem, all_batches, dense_derivatives,
-                       flat_batch_loss, logcosh_data, logcosh_problem, tiny_mlp_problem)
+from .problems import (
+    DTYPE,
+    LogCoshReference,
+    aligned_problem,
+    all_batches,
+    dense_derivatives,
+    flat_batch_loss,
+    logcosh_data,
+    logcosh_problem,
+    rank_one_problem,
+    tiny_mlp_problem,
+)
 
 
 def _lambda1(H):

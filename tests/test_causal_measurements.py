@@ -2,15 +2,14 @@
 import math
 
 import pytest
-
 import torch
 
 from figures import causal_mlp
 from sdesam import make_dynamics
-from sdesam.curvature import alignment
 from sdesam._streams import draw_batches
-from validation import alignment_sweep
+from sdesam.curvature import alignment
 from sdesam.toys import logistic_problem
+from validation import alignment_sweep
 
 from .problems import DTYPE, flat_batch_loss, tiny_mlp_problem
 

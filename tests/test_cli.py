@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sdesam import cli
 
@@ -17,21 +18,22 @@ ROOT = Path(__file__).resolve().parents[1]
 BAD_OPTION = {
     "figure2": (["--steps", "0"], "--steps must be >= 1, got 0"),
     "moment-test": (["--rhos", "0.1"], "--rhos needs at least 2 values"),
-    "figure1": (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    "figure1": (["--seeds", "-1"], "--seeds must be integers >= 0, got [-1]"),
     "figure3": (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     "figure5": (["--minibatches", "0"], "--minibatches must be >= 1, got 0"),
     "table1": (["--jobs", "0"], "--jobs must be >= 1, got 0"),
-    "table_p": (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    "table_p": (["--seeds", "0", "0"], "--seeds lists 0 twice"),
     "appendix_a": (["--train-subset", "0"], "--train-subset must be >= 1, got 0"),
     "weak-error": (["--trajectories", "0"], "--trajectories must be >= 1, got 0"),
+    "svag": (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     "train": (["--epochs", "0"], "epochs must be an integer >= 1"),
-    "bench oracles": (["--batch-size", "0"], "batch_size must be an integer >= 1"),
-    "bench eigensam": (["--width", "0"], "width must be an integer >= 1"),
+    "bench oracles": (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    "bench eigensam": (["--width", "0"], "--width must be >= 1, got 0"),
     "bench curvature": (["--data", "nope"], "--data must be 'mnist', 'synthetic' or 'npz:PATH'"),
     "causal-mlp": (["--seeds", "-1"], "--seeds must be distinct integers >= 0, got [-1]"),
     "alignment-sweep": (["--n-chunks", "0"], "--n-chunks must be >= 1, got 0"),
     "eigen-weak-error": (["--chunk-size", "0"], "--chunk-size must be >= 1, got 0"),
-    "bench causal": (["--repeats", "0"], "repeats must be an integer >= 1"),
+    "bench causal": (["--repeats", "0"], "--repeats must be >= 1, got 0"),
     "bench gpu": (["--parts", "nope"], "nope"),
 }
 
@@ -100,10 +102,77 @@ def test_a_bad_option_gives_one_line_and_status_2(name, capsys, tmp_path, monkey
     assert not (tmp_path / "runs").exists()      # refused before anything was written
 
 
+def _one_line_refusal(capsys, argv) -> str:
+    """The stderr line of ``sdesam <argv>``, which must end with status 2 and print one line."""
+    assert _status(lambda: cli.main(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sdesam {argv[0]}") and ": error: " in err[0], err
+    return err[0]
+
+
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_command_refuses_an_unknown_device_in_one_line(name, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_refusal(capsys, [*name.split(), "--device", "gpu"])
+    assert "gpu" in line and "cuda" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_command_refuses_an_output_directory_that_is_a_file(name, capsys, tmp_path, monkeypatch):
+    flag = cli.COMMANDS[name].out_flag
+    assert _status(lambda: cli.main([*name.split(), "--help"])) == 0
+    if flag not in _options(capsys.readouterr().out):
+        pytest.skip(f"{name} writes no output directory")
+    monkeypatch.chdir(tmp_path)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("kept")
+    line = _one_line_refusal(capsys, [*name.split(), flag, str(a_file)])
+    assert str(a_file) in line
+    assert a_file.read_text() == "kept" and [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+#: the commands that read a data set, with the options that make them read one
+READS_DATA = {"figure1": [], "figure3": [], "figure5": [], "table1": ["--quick"], "table_p": [], "appendix_a": [],
+              "train": ["--dataset", "fashion_mnist"], "bench oracles": [], "bench causal": [],
+              "bench curvature": [], "figure2": [], "causal-mlp": [], "moment-test": [],
+              "weak-error": ["--problem", "mlp"], "svag": []}
+
+
+@pytest.mark.parametrize("name", list(READS_DATA))
+def test_commands_that_read_data_refuse_a_missing_data_directory(name, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sdesam.data.mnist.run_tool", lambda *a, **k: "no fetch in the tests")
+    monkeypatch.setattr("sdesam.data.fashion_mnist.missing_tools", lambda *names: list(names))
+    threads = torch.get_num_threads()
+    missing = tmp_path / "does" / "not" / "exist"
+    try:
+        line = _one_line_refusal(capsys, [*name.split(), *READS_DATA[name], "--data-dir", str(missing)])
+    finally:
+        torch.set_num_threads(threads)
+    assert f"--data-dir '{missing}' does not exist" in line
+    assert list(tmp_path.iterdir()) == []                  # nothing written, no directory created
+
+
+@pytest.mark.parametrize("spelling,name", [("table-p", "table_p"), ("appendix-a", "appendix_a"),
+                                           ("weak_error", "weak-error"), ("causal_mlp", "causal-mlp"),
+                                           ("table_p", "table_p")])
+def test_command_names_take_dash_or_underscore(spelling, name, monkeypatch):
+    module = importlib.import_module(cli.COMMANDS[name].module)
+    calls = []
+    monkeypatch.setattr(module, "main", lambda argv: calls.append((argv, sys.argv[0])) or 0)
+    assert cli.main([spelling, "--x"]) == 0
+    assert calls == [(["--x"], f"sdesam {name}")]
+
+
 def test_unknown_command_and_bare_bench(capsys):
     assert cli.main(["figure9"]) == 2
     assert "unknown command 'figure9'" in capsys.readouterr().err
     assert cli.main(["bench"]) == 2 and cli.main(["bench", "nope"]) == 2
+    assert cli.main(["figure_9"]) == 2 and cli.main(["bench", "oracles_x"]) == 2
+    assert "unknown command 'figure_9'" in capsys.readouterr().err
 
 
 def _main_raising(exc):

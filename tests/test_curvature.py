@@ -5,10 +5,20 @@ import pytest
 import torch
 from torch import nn
 
-from sdesam.curvature import (HessianOperator, NonDeterministicOperatorError, alignment,
-                              check_deterministic, check_symmetric, dense_hessian,
-                              flatten_tensors, lanczos, power_iteration, power_method,
-                              unflatten_vector, unit_vector)
+from sdesam.curvature import (
+    HessianOperator,
+    NonDeterministicOperatorError,
+    alignment,
+    check_deterministic,
+    check_symmetric,
+    dense_hessian,
+    flatten_tensors,
+    lanczos,
+    power_iteration,
+    power_method,
+    unflatten_vector,
+    unit_vector,
+)
 
 from .problems import dense_hessian_of_concatenated
 

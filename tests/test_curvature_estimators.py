@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from sdesam.curvature import (HessianOperator, alignment, hutchinson_trace,
-                              lanczos, power_method, slq, spectral_density)
+from sdesam.curvature import HessianOperator, alignment, hutchinson_trace, lanczos, power_method, slq, spectral_density
 
 from .problems import dense_hessian_of_concatenated
 

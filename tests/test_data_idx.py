@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdesam.data import (CorruptDatasetError, DatasetNotFoundError, load_dataset,
-                         load_fashion_mnist, load_mnist)
+from sdesam.data import CorruptDatasetError, DatasetNotFoundError, load_dataset, load_fashion_mnist, load_mnist
 from sdesam.data import mnist as mnist_module
 from sdesam.data.fashion_mnist import DEBIAN_DIR
 from sdesam.data.idx import read_idx

@@ -15,8 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from sdesam.data import (CorruptDatasetError, DatasetNotFoundError, UnsafePickleError,
-                         load_cifar10, load_cifar100, load_dataset, load_mnist)
+from sdesam.data import (
+    CorruptDatasetError,
+    DatasetNotFoundError,
+    UnsafePickleError,
+    load_cifar10,
+    load_cifar100,
+    load_dataset,
+    load_mnist,
+)
 from sdesam.data import cifar as cifar_module
 from sdesam.data import mnist as mnist_module
 from sdesam.data.safe_pickle import safe_loads

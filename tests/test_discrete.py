@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from sdesam.curvature.power import random_unit_vector
 from sdesam._streams import STREAM_INIT, draw_batches, seeded_generator
+from sdesam.curvature.power import random_unit_vector
 from sdesam.discrete import DiscreteEGR, DiscreteEigenSAM, DiscreteSAM, DiscreteSGD
 
 from .problems import DTYPE, LogCoshReference, logcosh_data, logcosh_problem

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from sdesam import NonFiniteStateError
-from sdesam.registry import make_dynamics
 from sdesam.problem import FunctionProblem, ModuleProblem
+from sdesam.registry import make_dynamics
 
 from .problems import DTYPE, logcosh_problem, tiny_mlp_problem
 

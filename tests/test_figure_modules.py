@@ -13,7 +13,7 @@ import figures.figure1 as figure1
 import figures.figure3 as figure3
 import figures.figure5 as figure5
 import figures.table_p as table_p
-from figures.runs import add_config_arguments, config_from_args
+from sdesam.experiment import add_config_arguments, config_from_args
 
 from .test_data_idx import write_mnist_style
 
@@ -75,13 +75,13 @@ def test_figure1(tmp_path, data_dir):
     assert len(stamps) == 3
     figure1.main(args)                                                     # collects, trains nothing
     assert finals(out) == stamps and (out / "records.csv").read_text() == text
-    with pytest.raises(SystemExit, match="another configuration"):
+    with pytest.raises(ValueError, match="another configuration"):
         figure1.main(args + ["--eig-tol", "1e-3"])
 
 
 def test_figure3(tmp_path, data_dir):
     args = common(tmp_path / "f3", data_dir) + RESNET + [
-        "--epochs", "1", "--alphas", "0", "0.3", "--spectrum-alphas", "0", "0.3", "--seeds", "2", "--p", "1",
+        "--epochs", "1", "--alphas", "0", "0.3", "--spectrum-alphas", "0", "0.3", "--seeds", "0", "1", "--p", "1",
         "--hessian-examples", "32", "--hessian-batch-size", "16", "--slq-probes", "2", "--slq-steps", "5",
         "--eig-tol", "1e-2"]
     summary = figure3.main(args)
@@ -120,12 +120,12 @@ def test_figure5(tmp_path, data_dir):
     stamp = (run_dir / figure5.PROBE_FILE).stat().st_mtime_ns
     figure5.main(args)
     assert (run_dir / figure5.PROBE_FILE).stat().st_mtime_ns == stamp      # reused, not remeasured
-    with pytest.raises(SystemExit, match="at_epoch"):
+    with pytest.raises(ValueError, match="at_epoch"):
         figure5.main(args + ["--at-epoch", "3"])
 
 
 def test_table_p(tmp_path, data_dir):
-    args = common(tmp_path / "tp", data_dir) + RESNET + ["--epochs", "1", "--ps", "1", "3", "--seeds", "2"]
+    args = common(tmp_path / "tp", data_dir) + RESNET + ["--epochs", "1", "--ps", "1", "3", "--seeds", "0", "1"]
     summary = table_p.main(args)
     out = tmp_path / "tp"
     lines = (out / "table_p.md").read_text().splitlines()
@@ -139,7 +139,7 @@ def test_table_p(tmp_path, data_dir):
 
 
 def test_appendix_a(tmp_path, data_dir):
-    args = common(tmp_path / "aa", data_dir) + RESNET + ["--epochs", "2", "--seeds", "2"]
+    args = common(tmp_path / "aa", data_dir) + RESNET + ["--epochs", "2", "--seeds", "0", "1"]
     summary = appendix_a.main(args)
     out = tmp_path / "aa"
     assert (out / "appendix_a_fashion_mnist.png").stat().st_size > 0

@@ -6,8 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from figures.probes import (AlignmentProbe, PowerIterationProbe, SpectrumProbe, TrainingStopped,
-                            flat_gradient, hessian_mode, perturbation, power_alignment, spectrum_record)
+from figures.probes import (
+    AlignmentProbe,
+    PowerIterationProbe,
+    SpectrumProbe,
+    TrainingStopped,
+    flat_gradient,
+    hessian_mode,
+    perturbation,
+    power_alignment,
+    spectrum_record,
+)
 from sdesam.curvature import HessianOperator, alignment, flatten_tensors
 from sdesam.data import ImageDataset
 from sdesam.optim import SAM, EigenSAM
@@ -115,7 +124,7 @@ def test_eigen_sam_probe_uses_the_steps_vhat_and_leaves_the_trajectory_alone():
             x, y = batch(10 + k)
             if with_probe:
                 records.append(probe.on_step(context(model, opt, step=k + 1, batch_=(x, y))))
-            opt.step(lambda: nn.functional.cross_entropy(model(x), y))
+            opt.step(lambda model=model, x=x, y=y: nn.functional.cross_entropy(model(x), y))
             vhats.append(opt.eigenvector.clone())
         runs.append((flatten_tensors([p.detach() for p in model.parameters()]), vhats, records))
     (params_a, vhats_a, records), (params_b, vhats_b, _) = runs

@@ -231,7 +231,9 @@ def test_small_cpu_check_is_complete_and_passes(small_check):
 
 
 def test_command_line_options_are_validated(capsys):
-    for argv in (["--device", "tpu"], ["--parts", "env,nope"], ["--limit", "training"], ["--limit", "nope=3"],
+    with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N, got 'tpu'"):
+        gpu_check.parse_args(["--device", "tpu"])
+    for argv in (["--parts", "env,nope"], ["--limit", "training"], ["--limit", "nope=3"],
                  ["--limit", "env=-1"]):
         with pytest.raises(SystemExit):
             gpu_check.parse_args(argv)

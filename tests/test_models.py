@@ -3,8 +3,18 @@ import pytest
 import torch
 from torch import nn
 
-from sdesam.models import (MLP, MODEL_NAMES, SimpleCNN, WideResNet, build_model,
-                           count_parameters, resnet18, resnet34, resnet50, wrn28_10)
+from sdesam.models import (
+    MLP,
+    MODEL_NAMES,
+    SimpleCNN,
+    WideResNet,
+    build_model,
+    count_parameters,
+    resnet18,
+    resnet34,
+    resnet50,
+    wrn28_10,
+)
 
 
 def n_params(m):

@@ -8,10 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdesam.models import vit as vit_mod
-from sdesam.models.vit import (SelfAttention, VisionTransformer, build_vit_b16,
-                               convert_torchvision_state_dict, interpolate_pos_embedding,
-                               load_state_dict_file, load_torchvision_weights)
-
+from sdesam.models.vit import (
+    SelfAttention,
+    VisionTransformer,
+    build_vit_b16,
+    convert_torchvision_state_dict,
+    interpolate_pos_embedding,
+    load_state_dict_file,
+    load_torchvision_weights,
+)
 
 # a tiny configuration of the ViT-B/16 family
 CFG = dict(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16)

@@ -8,8 +8,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sdesam.testing import DDP_BATCH, DDP_OPTIMIZERS, DDP_STEPS, LR, RHO, ddp_equivalence_run, flat_parameters, \
-    tiny_classification_data, tiny_classifier
+from sdesam.testing import (
+    DDP_BATCH,
+    DDP_OPTIMIZERS,
+    DDP_STEPS,
+    LR,
+    RHO,
+    ddp_equivalence_run,
+    flat_parameters,
+    tiny_classification_data,
+    tiny_classifier,
+)
 from sdesam.training import TrainConfig, train
 from tests.test_data_idx import write_mnist_style
 from tests.test_optim import Reference

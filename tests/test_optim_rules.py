@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sdesam.rules import SAMRule, USAMRule, EigenSAMRule, ReverseSAMRule
+from sdesam.rules import EigenSAMRule, ReverseSAMRule, SAMRule, USAMRule
 
 
 def eq8(g, v, alpha, renormalize):

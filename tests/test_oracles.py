@@ -7,8 +7,15 @@ from torch import nn
 from sdesam import rules
 from sdesam.problem import ModuleProblem
 
-from .problems import (DTYPE, LogCoshReference, dense_derivatives, flat_batch_loss, logcosh_data,
-                       logcosh_problem, tiny_mlp_problem)
+from .problems import (
+    DTYPE,
+    LogCoshReference,
+    dense_derivatives,
+    flat_batch_loss,
+    logcosh_data,
+    logcosh_problem,
+    tiny_mlp_problem,
+)
 
 RTOL = 1e-6
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sdesam.rules import SAMRule, USAMRule, EigenSAMRule, ReverseSAMRule, get_rule
+from sdesam.rules import EigenSAMRule, ReverseSAMRule, SAMRule, USAMRule, get_rule
 
 
 def test_rules_by_hand():

@@ -9,8 +9,8 @@ from sdesam import make_dynamics, rules
 from sdesam.discrete import DiscreteSAM, step_batches
 from sdesam.optim import SAM as SAMOptimizer
 from sdesam.oracles import autograd_taylor
-from sdesam.rules import ASAMRule, PerturbationRule
 from sdesam.problem import ModuleProblem
+from sdesam.rules import ASAMRule, PerturbationRule
 from sdesam.sde import SAMSDE3
 
 from .problems import DTYPE, dense_derivatives, flat_batch_loss, logcosh_problem

@@ -6,10 +6,8 @@ import math
 import pytest
 import torch
 
-from sdesam.curvature import (HessianOperator, alignment, hutchinson_trace, lanczos, power_method,
-                              slq)
-from tests.problems import (LogCoshReference, flat_batch_loss, logcosh_data, logcosh_problem,
-                            tiny_mlp_problem)
+from sdesam.curvature import HessianOperator, alignment, hutchinson_trace, lanczos, power_method, slq
+from tests.problems import LogCoshReference, flat_batch_loss, logcosh_data, logcosh_problem, tiny_mlp_problem
 
 DT = torch.float64
 

@@ -75,20 +75,27 @@ def test_collect_refuses_a_run_of_another_configuration(tmp_path):
 def test_tiny_real_grid(tmp_path, capsys):
     data = tmp_path / "data"
     write_mnist_style(data / "FashionMNIST" / "raw", n_train=64, n_test=20, seed=2)
-    settings = ["--set", f"data_dir={json.dumps(str(data))}", "--set", "epochs=1", "--set",
-                'model_kwargs={"width": 2}', "--set", "batch_size=32", "--set", "threads=1",
-                "--set", "progress=false", "--set", "device=cpu", "--set", "p=1"]
+    settings = ["--data-dir", str(data), "--threads", "1", "--no-progress", "--device", "cpu",
+                "--set", "epochs=1", "--set", 'model_kwargs={"width": 2}', "--set", "batch_size=32", "--set", "p=1"]
+    runs = tmp_path / "runs"
     argv = ["--datasets", "fashion_mnist", "--models", "resnet18", "--methods", "sgd", "eigen_sam",
-            "--seeds", "0", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "t1")] + settings
+            "--seeds", "0", "1", "--out", str(runs)] + settings
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    table = (tmp_path / "t1.md").read_text()
+    table = (runs / "table1.md").read_text()
     assert table in printed and table.count("(n=2)") == 2 and "| ResNet18 | SGD |" in table
-    finals = sorted((tmp_path / "runs").glob("*/final.json"))
+    assert (runs / "table1.csv").read_text().count("\n") == 3                # header + 2 rows
+    finals = sorted(runs.glob("*/final.json"))
     assert len(finals) == 4
+    saved = json.loads(finals[0].read_text())["config"]
+    assert (saved["data_dir"], saved["threads"], saved["progress"], saved["device"]) == (str(data), 1, False, "cpu")
     stamps = [f.stat().st_mtime_ns for f in finals]
     assert main(argv + ["--collect-only"]) == 0                  # collects; trains nothing
     assert [f.stat().st_mtime_ns for f in finals] == stamps
-    assert (tmp_path / "t1.md").read_text() == table
-    with pytest.raises(SystemExit):
+    assert (runs / "table1.md").read_text() == table
+    # the grid in parts: one seed's table from the same directory, a cell of it trained before
+    assert main([*argv[:argv.index("--seeds")], "--seeds", "1", *argv[argv.index("--seeds") + 3:],
+                 "--collect-only"]) == 0
+    assert (runs / "table1.md").read_text().count("(n=1)") == 2
+    with pytest.raises(ValueError, match="--quick is the Fashion-MNIST / ResNet-18 grid"):
         main(["--quick", "--models", "resnet50", "--collect-only"])

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from sdesam.registry import make_dynamics
+from sdesam.montecarlo import BlockStats, ChunkPlan, chunk_seed, estimate, run_chunk
 from sdesam.parallel import Comm
+from sdesam.registry import make_dynamics
+from sdesam.toys import make_toy_problem, quadratic_problem
 from validation.experiment import check_geometric, num_steps, sweep_eta
 from validation.linear import exact_weak_errors, quadratic_moments
-from sdesam.montecarlo import BlockStats, ChunkPlan, chunk_seed, estimate, run_chunk
 from validation.stats import fit_power_law, weak_errors
-from sdesam.toys import make_toy_problem, quadratic_problem
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

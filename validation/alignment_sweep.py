@@ -34,11 +34,11 @@ from dataclasses import dataclass
 import torch
 
 from sdesam.curvature import alignment
-from sdesam.experiment import command
-from sdesam.registry import make_dynamics
 from sdesam.eigenpairs import minibatch_top_eigenpairs
+from sdesam.experiment import command
 from sdesam.montecarlo import ChunkPlan, standard_tests
 from sdesam.parallel import Comm
+from sdesam.registry import make_dynamics
 from sdesam.rules import DirectionRule
 from sdesam.toys import logistic_problem
 
@@ -192,7 +192,8 @@ def run(cfg: Config, output, opts) -> dict:
         d = r["diagnostics"]
         print(f"{r['kappa']:6.3g} {d['align']:7.3f} {d['abs_cos']:6.3f} {d['gap_rho']:9.2e} {d['gap_rho2']:9.2e} "
               f"{d['sam_rho_term']:9.2e}  " + "  ".join(
-                  f"{r['errors'][m]['loss']['error']:.2e}±{r['errors'][m]['loss']['se']:.1e}".rjust(22) for m in MODELS))
+                  f"{r['errors'][m]['loss']['error']:.2e}±{r['errors'][m]['loss']['se']:.1e}".rjust(22)
+                  for m in MODELS))
     print(f"wall time {summary['wall_seconds_this_invocation']:.0f} s")
     return summary
 

@@ -268,7 +268,7 @@ def paper_rho_table(results, rho: float) -> list[dict]:
 
 
 def format_table(results, at_paper, cfg) -> str:
-    lines = [f"\n== one-step moment test: slopes against ρ (95% jackknife CI), theory 1 / 2 / 3 ==",
+    lines = ["\n== one-step moment test: slopes against ρ (95% jackknife CI), theory 1 / 2 / 3 ==",
              f"{'point':>6} {'method':>12} {'model':>9}  {'drift slope':>22}  {'cov slope':>22}"]
     for e in results:
         for m, fits in e["slopes"].items():

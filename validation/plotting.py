@@ -59,7 +59,8 @@ def plot_sweep(result: dict, path, title: str = "") -> None:
                 g2 = np.geomspace(min(above["rhos"]), max(above["rhos"]), 20)
                 ci = above["ci_bootstrap"] or above["ci_regression"]
                 handles += ax.plot(g2, np.exp(above["intercept"]) * g2 ** above["slope"], "-", color=col, lw=2,
-                                   alpha=0.5, label=f"  above 3× floor: {above['slope']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]")
+                                   alpha=0.5,
+                                   label=f"  above 3× floor: {above['slope']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())

@@ -300,7 +300,7 @@ def part_figure2(ctx: PartContext) -> None:
         with ctx.item(f"step/{dyn.name}"):
             state = dyn.init_state(seed=0)
             dyn.advance(state, warmup)
-            t = _timed(lambda: dyn.advance(state, timed), device)
+            t = _timed(lambda dyn=dyn, state=state: dyn.advance(state, timed), device)
             step_s[dyn.name] = t / timed
             ctx.record("seconds_per_step", step_s)
     if metric_s is not None and len(step_s) == len(cfg.dynamics):
@@ -344,8 +344,8 @@ def part_weak_error(ctx: PartContext) -> None:
             dyn = build(dname, problem, eta, rho, **kw)
             chunk = dict(chunk_size=p.chunk_size, blocks_per_chunk=p.blocks_per_chunk, tests=tests)
             run_chunk(dyn, problem.x0, 0, record_steps=[0, 1], **chunk)            # warm-up
-            t = _timed(lambda: run_chunk(dyn, problem.x0, 1, record_steps=record_steps(n, 1), **chunk),
-                       problem.device)
+            t = _timed(lambda dyn=dyn, chunk=chunk: run_chunk(dyn, problem.x0, 1, record_steps=record_steps(n, 1),
+                                                              **chunk), problem.device)
             per_step[label] = (t / n, p)
             N = num_steps(cfg.horizon, eta)
             ctx.record("runs", {lab: {"seconds_per_chunk_step": sec, "trajectory_steps_per_s": q.chunk_size / sec,

@@ -15,10 +15,16 @@ from .batched_lanczos import BatchedLanczosResult, batched_lanczos
 from .dense import dense_hessian
 from .hutchinson import TraceEstimate, hutchinson_trace
 from .lanczos import LanczosResult, PowerMethodResult, lanczos, power_method
-from .operators import (HessianOperator, LinearOperator, NonDeterministicOperatorError,
-                        check_deterministic, check_symmetric, flatten_tensors, unflatten_vector)
-from .power import (PowerIterationResult, accurate_norm, power_iteration, random_unit_vector,
-                    unit_vector)
+from .operators import (
+                        HessianOperator,
+                        LinearOperator,
+                        NonDeterministicOperatorError,
+                        check_deterministic,
+                        check_symmetric,
+                        flatten_tensors,
+                        unflatten_vector,
+)
+from .power import PowerIterationResult, accurate_norm, power_iteration, random_unit_vector, unit_vector
 from .slq import SLQResult, random_probe, slq, spectral_density
 
 __all__ = [

@@ -10,7 +10,8 @@ unpickler that allows numpy array reconstruction and nothing else.
 - ``load_dataset(name)`` → ``(train, test)`` :class:`ImageDataset` (N, C, H, W) with the
   training split's per-channel mean/std;
 - :class:`DeviceLoader`: device-resident, seeded, resumable, shardable batches with the
-  paper's pad-4 crop + flip augmentation.
+  paper's pad-4 crop + flip augmentation;
+- ``check_data_dir``: a command line's ``--data-dir`` refused unless it is a directory.
 """
 from .cifar import load_cifar10, load_cifar100
 from .datasets import DATASET_NAMES, ImageDataset, load_dataset
@@ -18,11 +19,12 @@ from .errors import CorruptDatasetError, DatasetNotFoundError, UnsafePickleError
 from .fashion_mnist import load_fashion_mnist
 from .loader import DeviceLoader
 from .mnist import load_mnist
+from .paths import check_data_dir
 from .splits import DataSplits
 from .svhn import load_svhn
 
 __all__ = [
     "load_mnist", "load_fashion_mnist", "load_cifar10", "load_cifar100", "load_svhn",
     "load_dataset", "DATASET_NAMES", "DataSplits", "ImageDataset", "DeviceLoader",
-    "DatasetNotFoundError", "CorruptDatasetError", "UnsafePickleError",
+    "DatasetNotFoundError", "CorruptDatasetError", "UnsafePickleError", "check_data_dir",
 ]

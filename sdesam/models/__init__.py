@@ -12,9 +12,17 @@ from .mlp import ACTIVATIONS, MLP
 from .registry import MODEL_NAMES, build_model, count_parameters
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from .simple_cnn import SimpleCNN
-from .vit import (LoadReport, VisionTransformer, build_vit_b16, convert_torchvision_state_dict,
-                  interpolate_pos_embedding, load_state_dict_file, load_torchvision_weights,
-                  vit_b16, vit_tiny)
+from .vit import (
+                  LoadReport,
+                  VisionTransformer,
+                  build_vit_b16,
+                  convert_torchvision_state_dict,
+                  interpolate_pos_embedding,
+                  load_state_dict_file,
+                  load_torchvision_weights,
+                  vit_b16,
+                  vit_tiny,
+)
 from .wide_resnet import WideResNet, wrn28_10
 
 __all__ = [

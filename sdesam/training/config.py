@@ -7,6 +7,7 @@ seed, and how it runs (device, precision, output directory).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from .._checks import check_choice, check_int, check_nonnegative, check_positive
@@ -36,11 +37,16 @@ AMP_MODES = ("auto", "bf16", "fp16", "none")
 #: not change what is computed (a different thread count can change float summation
 #: order, so bit-identical resumes need the same ``threads``).
 RESUME_MUTABLE_FIELDS = ("data_dir", "out_dir", "progress", "log_every", "resume", "threads")
+#: device names a configuration may hold (whether this machine has the device is checked
+#: when a run starts, ``sdesam.parallel.check_device``)
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+#: datasets of grey-scale images (no ImageNet normalisation)
+_GREY = ("mnist", "fashion_mnist")
 
 
 @dataclass
 class TrainConfig:
-    """One training run. Defaults are the paper's Table 1 settings (DESIGN §5) for SAM.
+    """One training run. Defaults are the paper's Table 1 settings (docs/math.md §9) for SAM.
 
     Data:
         dataset: one of ``sdesam.data.DATASET_NAMES``.
@@ -196,10 +202,18 @@ class TrainConfig:
             raise ValueError(f"momentum must be < 1, got momentum={self.momentum!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
-        if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"device must be a string like 'cpu' or 'cuda', got device={self.device!r}")
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got device={self.device!r}")
         if not self.out_dir:
             raise ValueError("out_dir must be a directory path, got out_dir=''")
+        if self.data_dir == "":
+            raise ValueError("data_dir must be a directory path or None, got data_dir=''")
+        if self.normalization == "imagenet" and self.dataset in _GREY:
+            raise ValueError(f"normalization='imagenet' needs RGB images, {self.dataset} is grey-scale")
+        needed = self.batch_size * (2 if self.svag > 1 else 1)
+        if self.drop_last and self.train_subset is not None and self.train_subset < needed:
+            raise ValueError(f"train_subset={self.train_subset} gives no complete step: it needs {needed} examples "
+                             f"(batch_size={self.batch_size}{', two minibatches with svag' if self.svag > 1 else ''})")
         return self
 
     def _check_family(self) -> None:

@@ -39,22 +39,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from .._progress import progress
+from .._streams import STREAM_SHUFFLE, STREAM_TEST_SUBSET, STREAM_TRAIN_EIGVEC, STREAM_TRAIN_SUBSET, derived_seed
 from ..data import DeviceLoader, ImageDataset, load_dataset
-from ..errors import NonFiniteStateError
-from ..models import build_model
 from ..discrete import svag_coefficients
+from ..errors import NonFiniteStateError
+from ..experiment import environment
+from ..models import build_model
 from ..optim import EGR, GSAM, SAM, WSAM, EigenSAM
 from ..optim.norm_stats import eval_mode
+from ..parallel import Comm, init_comm
 from ..rules import ASAMRule, FisherSAMRule
-from .._streams import (STREAM_SHUFFLE, STREAM_TEST_SUBSET, STREAM_TRAIN_EIGVEC,
-                        STREAM_TRAIN_SUBSET, derived_seed)
 from . import files
 from .callbacks import Callback, CallbackContext
 from .config import TrainConfig
-from ..parallel import Comm, init_comm
-from .environment import environment
 
 __all__ = ["train", "TrainResult", "IMAGENET_MEAN", "IMAGENET_STD", "CHECKPOINT_FORMAT"]
 
@@ -411,7 +410,7 @@ def _train(run: _Run) -> TrainResult:
     def flush(window, window_start, epoch, bar, loss_sum, loss_count):
         """Check the window's losses (NaN/Inf stop the run) and add them to the epoch's."""
         values = _check_window(window, window_start, epoch, c.method, info)
-        bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}")
+        bar.set_postfix_str(f"loss={values[-1]:.4f}, lr={scheduler.get_last_lr()[0]:.4g}")
         return loss_sum + sum(values), loss_count + len(values)
 
     step_callbacks = [cb for cb in run.callbacks if cb.every_steps is not None]
@@ -420,9 +419,9 @@ def _train(run: _Run) -> TrainResult:
         epoch = loader.epoch
         t0 = time.perf_counter()
         loss_sum, loss_count, window, window_start, images = 0.0, 0, [], step, 0
-        bar = tqdm(total=min(steps_per_epoch, total_steps - step), disable=not (c.progress and info.is_main),
-                   desc=f"{c.method} epoch {epoch + 1}/{math.ceil(total_steps / steps_per_epoch)}",
-                   leave=False, dynamic_ncols=True)
+        bar = progress(total=min(steps_per_epoch, total_steps - step), unit="step",
+                       desc=f"{c.method} epoch {epoch + 1}/{math.ceil(total_steps / steps_per_epoch)}",
+                       enabled=c.progress and info.is_main)
         pending = []
         for x, y in loader:
             pending.append((run.model_input(x), y))
