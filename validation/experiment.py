@@ -178,7 +178,8 @@ def variance_reduction(result: SettingResult) -> dict:
         for b in labels[i + 1:]:
             d = runs[a].block_means() - runs[b].block_means()
             se_d = d.std(0, ddof=1)[-1] / math.sqrt(d.shape[0])
-            ratio = (runs[a].standard_error()[-1] ** 2 + runs[b].standard_error()[-1] ** 2) / se_d ** 2
+            with np.errstate(divide="ignore", invalid="ignore"):     # identical runs: inf (or nan at 0/0)
+                ratio = (runs[a].standard_error()[-1] ** 2 + runs[b].standard_error()[-1] ** 2) / se_d ** 2
             out["common_random_numbers"][f"{a} - {b}"] = dict(zip(tests, map(float, ratio)))
     return out
 
