@@ -12,7 +12,7 @@ from . import discrete, rules, sde, updates
 from .dynamics import Dynamics
 from .problem import Problem
 
-__all__ = ["REGISTRY", "DYNAMICS", "DynamicsEntry", "make_dynamics"]
+__all__ = ["REGISTRY", "DYNAMICS", "DynamicsEntry", "make_dynamics", "SAM_FAMILY", "sam_family_member"]
 
 _SDE_OPTIONS = ("n_batches", "substeps", "correct_drift_noise", "diffusion", "antithetic", "solver", "seed")
 _RULE_OPTIONS = ("rule", "update", "micro_batches")
@@ -124,6 +124,30 @@ def make_dynamics(name: str, problem: Problem, **hyperparameters) -> Dynamics:
         if required in entry.hyperparameters and required not in hyperparameters:
             raise ValueError(f"{name!r} needs {required}")
     return entry.build(problem, **hyperparameters)
+
+
+#: The SAM-family methods that ``sam_family_member`` turns into keyword arguments.
+SAM_FAMILY = ("sam", "usam", "reverse_sam", "asam", "fisher_sam", "gsam", "wsam", "msam")
+
+
+def sam_family_member(name: str, *, xi: float = 0.0, eta_f: float = 1.0, gsam_alpha: float = 0.1,
+                      wsam_gamma: float = 0.9, micro_batches: int = 2) -> dict:
+    """The keyword arguments (``rule``, ``update``, ``micro_batches``) that make discrete
+    ``sam`` and every dynamics taking a rule (``sam_sde2``, ``sam_sde3``,
+    ``untruncated_sam_sde``, ``sam_svag``) the SAM-family method ``name``: one definition for
+    the discrete method and its SDEs. ``name`` is one of ``SAM_FAMILY``; the keyword
+    arguments are the hyperparameters of the methods that have one (ASAM's ξ, Fisher-SAM's
+    η_F, GSAM's α, WSAM's γ, m-SAM's number of micro-batches)."""
+    members = {"sam": lambda: {"rule": "sam"}, "usam": lambda: {"rule": "usam"},
+               "reverse_sam": lambda: {"rule": "reverse_sam"},
+               "asam": lambda: {"rule": rules.ASAMRule(xi)},
+               "fisher_sam": lambda: {"rule": rules.FisherSAMRule(eta_f)},
+               "gsam": lambda: {"rule": "sam", "update": updates.GSAMUpdate(gsam_alpha)},
+               "wsam": lambda: {"rule": "sam", "update": updates.WSAMUpdate(wsam_gamma)},
+               "msam": lambda: {"rule": "sam", "micro_batches": micro_batches}}
+    if name not in members:
+        raise ValueError(f"{name!r} is not a SAM-family method; one of {', '.join(SAM_FAMILY)}")
+    return members[name]()
 
 
 def _help() -> str:

@@ -73,6 +73,8 @@ def test_a_different_seed_changes_the_results_and_a_rerun_resumes(tmp_path, caps
     (["--full"], "--problem mlp"),
     (["--extrapolate", "--substeps", "3"], "even"),
     (["--device", "tpu"], "device must be cpu, cuda or cuda:N"),
+    (["--method", "gsam", "--discrete", "sgd"], "leave --discrete at sam"),
+    (["--method", "wsam", "--wsam-gamma", "1.5"], "gamma"),
 ])
 def test_bad_flags_exit_with_a_clear_message(tmp_path, capsys, flags, message):
     from sdesam.cli import run_main
@@ -83,6 +85,32 @@ def test_bad_flags_exit_with_a_clear_message(tmp_path, capsys, flags, message):
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+def test_a_family_method_changes_the_discrete_method_and_its_sdes_together(tmp_path, capsys):
+    """--method gsam at α = 0 is SAM (every number equal); at α = 0.3 the discrete process and
+    both SAM SDEs move, SGD-SDE does not (it has no rule), and the record names the method."""
+    small = ARGS[:]
+    small[small.index("all")] = "eta"
+    runs = {}
+    for name, extra in {"sam": [], "gsam0": ["--method", "gsam", "--gsam-alpha", "0"],
+                        "gsam": ["--method", "gsam", "--gsam-alpha", "0.3"]}.items():
+        main([*small, *extra, "--out", str(tmp_path / name)])
+        runs[name] = _results(tmp_path / name)
+    def errors(name):
+        return [(s["errors"], s["curves"]) for s in runs[name][0]["eta"]["settings"]]
+    assert errors("gsam0") == errors("sam")
+    (plain, plain_curves), (gsam, gsam_curves) = (errors(k)[0] for k in ("sam", "gsam"))
+    assert gsam["sgd_sde"] != plain["sgd_sde"]                  # the reference (discrete GSAM) moved
+    assert gsam_curves["discrete_mean"] != plain_curves["discrete_mean"]
+    means = {k: c["model_mean"] for k, c in (("sam", plain_curves), ("gsam", gsam_curves))}
+    assert means["gsam"]["sgd_sde"] == means["sam"]["sgd_sde"]
+    assert all(means["gsam"][m] != means["sam"][m] for m in ("sam_sde2", "sam_sde3"))
+    data = runs["gsam"][1]
+    assert data["config"]["method"] == "gsam" and data["config"]["gsam_alpha"] == 0.3
+    setting = data["results"]["eta"]["settings"][0]
+    assert setting["dynamics"]["sam_sde3"]["update"] == "gsam"
+    assert setting["discrete"]["update"] == {"update": "gsam", "alpha": 0.3}
 
 
 def test_mlp_configuration_runs_on_synthetic_data(tmp_path, capsys):

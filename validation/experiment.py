@@ -84,16 +84,22 @@ def build(name: str, problem: Problem, eta: float, rho: float, **kwargs):
     return make_dynamics(name, problem, eta=eta, **kwargs)
 
 
+def _described(kwargs: Mapping) -> dict:
+    """kwargs for a configuration record: rules and update maps by their ``config()``."""
+    return {k: v.config() if hasattr(v, "config") else v for k, v in kwargs.items()}
+
+
 @dataclass
 class Setting:
-    """What one setting runs. ``models`` maps a label to (dynamics name, kwargs); ``derived``
-    maps a label to {model label: weight} (a linear combination of the models' means)."""
+    """What one setting runs. ``models`` maps a label to (dynamics name, kwargs); ``discrete``
+    is the discrete process, a name or (name, kwargs); ``derived`` maps a label to
+    {model label: weight} (a linear combination of the models' means)."""
 
     eta: float
     rho: float
     horizon: float
     models: dict[str, tuple[str, dict]]
-    discrete: str = "sam"
+    discrete: str | tuple[str, dict] = "sam"
     record_every: int = 1
     label: str = ""
     derived: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -102,10 +108,19 @@ class Setting:
     def n_steps(self) -> int:
         return num_steps(self.horizon, self.eta)
 
+    @property
+    def discrete_name(self) -> str:
+        return self.discrete if isinstance(self.discrete, str) else self.discrete[0]
+
+    @property
+    def discrete_kwargs(self) -> dict:
+        return {} if isinstance(self.discrete, str) else dict(self.discrete[1])
+
     def config(self) -> dict:
         return {"label": self.label, "eta": self.eta, "rho": self.rho, "horizon": self.horizon,
-                "n_steps": self.n_steps, "record_every": self.record_every, "discrete": self.discrete,
-                "models": {k: {"dynamics": n, **kw} for k, (n, kw) in self.models.items()},
+                "n_steps": self.n_steps, "record_every": self.record_every,
+                "discrete": {"dynamics": self.discrete_name, **_described(self.discrete_kwargs)},
+                "models": {k: {"dynamics": n, **_described(kw)} for k, (n, kw) in self.models.items()},
                 "derived": self.derived}
 
 
@@ -139,14 +154,14 @@ def measure_setting(problem: Problem, setting: Setting, *, tests, plan: ChunkPla
     def kw(p):
         return dict(record_at=steps, trajectories=p.trajectories, chunk_size=p.chunk_size,
                     blocks_per_chunk=p.blocks_per_chunk, comm=comm)
-    disc = build(setting.discrete, problem, setting.eta, setting.rho)
+    disc = build(setting.discrete_name, problem, setting.eta, setting.rho, **setting.discrete_kwargs)
     models = {label: build(name, problem, setting.eta, setting.rho, **k) for label, (name, k) in setting.models.items()}
 
     def tick(prefix):
         return (lambda label, c: progress(f"{setting.label} {prefix or label}")) if progress else None
 
     t0 = time.perf_counter()
-    ref = estimate({"discrete": disc}, tests, seed=(*key, ROLE_DISCRETE), on_chunk=tick(setting.discrete),
+    ref = estimate({"discrete": disc}, tests, seed=(*key, ROLE_DISCRETE), on_chunk=tick(setting.discrete_name),
                    out=None if out is None else f"{out}/discrete", **kw(dplan))
     walls = {"discrete": time.perf_counter() - t0}
     est = estimate(models, tests, seed=(*key, ROLE_SDE), on_chunk=tick(None),

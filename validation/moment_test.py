@@ -38,8 +38,8 @@ from sdesam.atomic import atomic_open
 from sdesam.curvature import HessianOperator, lanczos
 from sdesam.experiment import command
 from sdesam.moments import THEORY_SLOPES, moment_test
-from sdesam.registry import make_dynamics
-from sdesam.updates import GSAMUpdate, WSAMUpdate
+from sdesam.registry import make_dynamics, sam_family_member
+from sdesam.updates import WSAMUpdate
 
 __all__ = ["Config", "main", "run", "METHODS"]
 
@@ -158,12 +158,10 @@ def method_spec(cfg: Config, name: str) -> dict:
     """The moment_test keyword arguments (rule, update, micro_batches) of a method."""
     if ":" in name:
         return {"rule": _user_rule(name)}
-    return {"sam": {"rule": "sam"}, "usam": {"rule": "usam"}, "reverse_sam": {"rule": "reverse_sam"},
-            "asam": {"rule": rules_mod.ASAMRule(cfg.xi)}, "fisher_sam": {"rule": rules_mod.FisherSAMRule(cfg.eta_f)},
-            "eigen_sam": {"rule": rules_mod.EigenSAMRule(cfg.alpha)},
-            "gsam": {"rule": "sam", "update": GSAMUpdate(cfg.gsam_alpha)},
-            "wsam": {"rule": "sam", "update": WSAMUpdate(cfg.wsam_gamma)},
-            "msam": {"rule": "sam", "micro_batches": cfg.micro_batches}}[name]
+    if name == "eigen_sam":
+        return {"rule": rules_mod.EigenSAMRule(cfg.alpha)}
+    return sam_family_member(name, xi=cfg.xi, eta_f=cfg.eta_f, gsam_alpha=cfg.gsam_alpha,
+                             wsam_gamma=cfg.wsam_gamma, micro_batches=cfg.micro_batches)
 
 
 def trajectory_points(cfg: Config, problem, output) -> dict[int, torch.Tensor]:

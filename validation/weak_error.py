@@ -30,6 +30,12 @@ Modes:
   the model's, at every η.
 * ``all``: eta, rho and ablation in turn.
 
+Methods: ``--method`` names the SAM-family method under test (``sam``, ``usam``,
+``reverse_sam``, ``asam``, ``fisher_sam``, ``gsam``, ``wsam``, ``msam``; hyperparameters
+``--xi``, ``--eta-f``, ``--gsam-alpha``, ``--wsam-gamma``, ``--micro-batches``): the discrete
+process is SAM with that method's rule ε, update map Φ and micro-batches, and SAM-SDE2 /
+SAM-SDE3 take the same (drift −E Φ(g_γ, v_γ), docs/math.md §6).
+
 Problems: the toys of ``sdesam.toys`` (exact expectations over every minibatch; default
 ``logcosh``), or ``mlp``: Figure 2's GeLU MLP on MNIST (``sdesam.mnist_mlp``) at a width and
 training subset that fit the machine, Monte Carlo over K minibatches per sub-step (the
@@ -60,7 +66,7 @@ from sdesam._progress import progress as progress_bar
 from sdesam.experiment import command
 from sdesam.montecarlo import ChunkPlan, standard_tests
 from sdesam.parallel import init_comm
-from sdesam.registry import REGISTRY
+from sdesam.registry import REGISTRY, SAM_FAMILY, sam_family_member
 from sdesam.toys import TOY_PROBLEMS, make_toy_problem
 
 from .experiment import THEORY_SLOPES, check_geometric, num_steps, sweep_ablation, sweep_eta, sweep_rho
@@ -87,6 +93,14 @@ class Config:
     mode: str = "eta"
     discrete: str = "sam"
     models: tuple = ("sgd_sde", "sam_sde2", "sam_sde3")
+    # the SAM-family method under test: its discrete method and its SDEs share the rule,
+    # update map and micro-batches of ``sdesam.registry.sam_family_member``
+    method: str = "sam"
+    xi: float = 0.0
+    eta_f: float = 1.0
+    gsam_alpha: float = 0.1
+    wsam_gamma: float = 0.9
+    micro_batches: int = 3
     etas: tuple = (0.1, 0.05, 0.025, 0.0125)
     c: float = 1.0
     horizon: float = 1.0
@@ -135,7 +149,7 @@ class Config:
                    rho_eta=0.02, rhos=(0.05, 0.1, 0.2, 0.4), ablation_eta=0.04, substeps=8, extrapolate=False,
                    n_batches="2", antithetic=True, trajectories=1024, discrete_trajectories=16384,
                    chunk_size=64, discrete_chunk_size=512, blocks_per_chunk=8, dtype="float32",
-                   eval_examples=256)
+                   eval_examples=256, micro_batches=4)
 
     @classmethod
     def mlp_full(cls) -> "Config":
@@ -166,6 +180,11 @@ class Config:
         check_choice("dataset", self.dataset, {"mnist", "synthetic"})
         if self.discrete not in REGISTRY or REGISTRY[self.discrete].kind != "discrete":
             raise ValueError(f"--discrete must be a discrete method of sdesam.DYNAMICS, got {self.discrete!r}")
+        check_choice("method", self.method, SAM_FAMILY)
+        if self.method != "sam" and self.discrete != "sam":
+            raise ValueError(f"--method {self.method} runs discrete SAM with its rule and update map: "
+                             f"leave --discrete at sam (got {self.discrete!r})")
+        self.family_kwargs()                     # the hyperparameters' own checks
         for m in self.models:
             if m not in REGISTRY or REGISTRY[m].kind != "sde":
                 raise ValueError(f"--models must name SDEs of sdesam.DYNAMICS, got {m!r}")
@@ -200,6 +219,17 @@ class Config:
         self.plans()
         return self
 
+    def family_kwargs(self) -> dict:
+        """rule / update / micro_batches of ``method`` (empty for plain SAM)."""
+        if self.method == "sam":
+            return {}
+        return sam_family_member(self.method, xi=self.xi, eta_f=self.eta_f, gsam_alpha=self.gsam_alpha,
+                                 wsam_gamma=self.wsam_gamma, micro_batches=self.micro_batches)
+
+    def discrete_process(self):
+        """The discrete process of a setting: a name, or (name, kwargs) for a family method."""
+        return (self.discrete, self.family_kwargs()) if self.method != "sam" else self.discrete
+
     def plans(self) -> tuple[ChunkPlan, ChunkPlan]:
         """(the SDE models' plan, the discrete process's plan)."""
         models = ChunkPlan.for_trajectories(self.trajectories, self.chunk_size, self.blocks_per_chunk)
@@ -232,6 +262,8 @@ def build_problem(cfg: Config, device, data_dir=None):
 def _sde_kwargs(cfg: Config, name: str, substeps: int | None = None) -> dict:
     kw = {"n_batches": cfg.n_batches_value(), "substeps": substeps or cfg.substeps, "diffusion": cfg.diffusion,
           "antithetic": cfg.antithetic}
+    if REGISTRY[name].takes_rule:
+        kw.update(cfg.family_kwargs())
     if cfg.n_batches != "exact":
         kw["correct_drift_noise"] = cfg.drift_noise_correction
     return kw
@@ -280,7 +312,7 @@ def run(cfg: Config, output, opts) -> dict:
         bar.update(1)
 
     common = dict(seed=cfg.seed, tests=tests, plan=plan, discrete_plan=dplan, comm=comm, n_boot=cfg.n_boot,
-                  record_every=cfg.record_every, discrete=cfg.discrete, progress=progress,
+                  record_every=cfg.record_every, discrete=cfg.discrete_process(), progress=progress,
                   out=str(output.file("settings")))
     results, walls = {}, {}
     try:
@@ -476,7 +508,7 @@ def format_tables(summary: dict) -> str:
 main = command("validation.weak_error", __doc__, Config, run, default_device="cpu",
                choices={"problem": sorted(set(TOY_PROBLEMS) | {"mlp"}), "mode": MODES,
                         "diffusion": ["taylor", "paper"], "dtype": ["float32", "float64"],
-                        "dataset": ["mnist", "synthetic"]})
+                        "dataset": ["mnist", "synthetic"], "method": list(SAM_FAMILY)})
 
 
 if __name__ == "__main__":
