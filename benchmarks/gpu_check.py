@@ -4,8 +4,8 @@
     python -m benchmarks.gpu_check --device cpu --small --out /tmp/r    # toy sizes, < 1 min (CI)
     python -m benchmarks.gpu_check --parts env,training --limit training=300 ...
 
-Each *part* runs in its own process (``python -m benchmarks.gpu_check --_part ...``) in
-a new session, with its own time limit: a hang, a CUDA error or a crash of one part is
+Each *part* runs in its own process (``python -m benchmarks.gpu_check --_part ...``) and
+process group, with its own time limit: a hang, a CUDA error or a crash of one part is
 reported as ``"failed: <reason>"`` (with the tail of its log) and the check goes on.
 Within a part, every *item* (one measurement or comparison) fails soft as well. A part
 saves its results as it produces them, so a part that runs out of time still reports
@@ -25,9 +25,9 @@ every number):
   a step in units of one plain gradient, jet and generic autograd paths).
 - ``figure2``: the ``figures.figure2 --full`` configuration for a few steps of each
   dynamics and one evaluation of the six metrics; extrapolated wall time of the run.
-- ``weak_error``: one chunk (32 trajectories) of ``validation.weak_error --problem mlp
-  --mlp-config gpu`` per model at η = 0.01; trajectories/s and the extrapolated wall
-  time of ``--mode eta``.
+- ``weak_error``: one chunk of ``validation.weak_error --problem mlp --full`` (the paper's
+  784-784-10 network) per model at η = 0.01; trajectories/s and the extrapolated wall
+  time of the ``--full`` η sweep.
 - ``training``: ResNet-18 on CIFAR-10-shaped data (synthetic batches in the official
   pickle format unless CIFAR-10 is in the data directory) through
   ``sdesam.training.train`` for SGD, SAM and Eigen-SAM (p = 100, q = 5) in float32 and

@@ -1,4 +1,4 @@
-"""The closed-form toy oracles of validation.toy against the generic autograd path."""
+"""The closed-form toy oracles of sdesam.toys against the generic autograd path."""
 import pytest
 import torch
 

@@ -1,12 +1,12 @@
 """Running the parts of the GPU check, each in a child process, and writing the report.
 
 ``run_check`` runs parts one after the other; ``run_part`` starts one part as
-``python -m benchmarks.gpu_check --_part SPEC CONTEXT`` in a new session (its own process
-group) and waits at most its time limit: a timeout kills the whole process group, a
-crash or a non-zero exit is reported as ``failed: <reason>``, and the check goes on. In
-the child, ``child_main`` builds the ``PartContext`` and calls the part function; the part
-saves its results through the context as it produces them, so a part that is killed
-still reports what it measured. After every part ``run_check`` rewrites report.json,
+``python -m benchmarks.gpu_check --_part SPEC CONTEXT`` in its own process group and
+waits at most its time limit: a timeout kills the whole process group, a crash or a
+non-zero exit is reported as ``failed: <reason>``, and the check goes on. In the child,
+``child_main`` builds the ``PartContext`` and calls the part function; the part saves
+its results through the context as it produces them, so a part that is killed still
+reports what it measured. After every part ``run_check`` rewrites report.json,
 summary.md and logs.txt in the output directory. Every file is written through
 ``sdesam.atomic``: a reader (or a killed check) never sees a half-written file.
 """

@@ -89,7 +89,7 @@ def _sum_weak(r):
            + "; ".join(f"{_fmt(x)} {n.replace('_per_s', '/s')}" for n, x in v.items() if n.startswith("trajectories"))
            for k, v in r.get("runs", {}).items()]
     if "extrapolated" in r:
-        out.append(f"- extrapolated `--mode eta` (mlp-config gpu): {_hours(r['extrapolated']['mode_eta_total_s'])}")
+        out.append(f"- extrapolated `weak_error --problem mlp --full`: {_hours(r['extrapolated']['mode_eta_total_s'])}")
     return out
 
 
