@@ -85,6 +85,48 @@ def test_batchnorm_free_resnet(norm):
     torch.testing.assert_close(m(x)[:1], m(x[:1]))
 
 
+def _taylor_remainder_ratio(model, x, y, h):
+    """‖∇f(θ + hu) − ∇f(θ) − h∇²f u‖ at h over the same at h/2, for a unit direction u:
+    4 where the gradient is smooth (remainder O(h²))."""
+    params = list(model.parameters())
+    theta = [p.detach().clone() for p in params]
+    u = [torch.randn_like(p) for p in params]
+    norm = sum((d * d).sum() for d in u).sqrt()
+    u = [d / norm for d in u]
+
+    def grad_at(h, create_graph=False):
+        with torch.no_grad():
+            for p, t, d in zip(params, theta, u):
+                p.copy_(t + h * d)
+        loss = nn.functional.cross_entropy(model(x), y)
+        return torch.autograd.grad(loss, params, create_graph=create_graph)
+
+    g0 = grad_at(0.0, create_graph=True)
+    hu = torch.autograd.grad(sum((g * d).sum() for g, d in zip(g0, u)), params)
+    g0 = [g.detach() for g in g0]
+
+    def remainder(h):
+        return sum(((a - b - h * c) ** 2).sum() for a, b, c in zip(grad_at(h), g0, hu)).sqrt().item()
+    return remainder(h) / remainder(h / 2)
+
+
+def test_gelu_resnet_is_the_same_network_with_a_smooth_activation():
+    """Same parameters as the ReLU network, different outputs; the GeLU network's gradient
+    has an O(h²) Taylor remainder (what the SAM SDEs need), the ReLU network's does not."""
+    torch.manual_seed(0)
+    relu = resnet18(10, 1, width=4, norm="group").double()
+    gelu = resnet18(10, 1, width=4, norm="group", activation="gelu").double()
+    gelu.load_state_dict(relu.state_dict())
+    x, y = torch.randn(2, 1, 16, 16, dtype=torch.float64), torch.tensor([1, 3])
+    assert not torch.allclose(relu(x), gelu(x))
+    torch.manual_seed(1)
+    assert 3.5 < _taylor_remainder_ratio(gelu, x, y, 1e-2) < 4.5
+    torch.manual_seed(1)
+    assert _taylor_remainder_ratio(relu, x, y, 1e-2) < 3
+    with pytest.raises(ValueError, match="activation must be one of"):
+        resnet18(activation="tanh")
+
+
 def test_batchnorm_resnet_has_running_stats_and_momentum():
     m = resnet18(10, width=4, bn_momentum=0.2)
     bns = [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)]

@@ -2,6 +2,7 @@
 
     python -m validation.moment_test                        # Figure 2's 784-784-10 MLP on MNIST
     python -m validation.moment_test --problem resnet       # ResNet-18 (width 8, GroupNorm) on Fashion-MNIST
+    python -m validation.moment_test --problem resnet --activation gelu    # the same network with GeLU
     python -m validation.moment_test --full                 # more minibatches and points (GPU)
 
 At points x along a discrete SAM trajectory (η, ρ of Figure 2), for each SAM-family
@@ -75,6 +76,7 @@ class Config:
     n_train: int | None = None
     batch_size: int = 128
     width: int = 8
+    activation: str = "relu"
     dtype: str = "float32"
 
     @classmethod
@@ -103,6 +105,9 @@ class Config:
         from sdesam._checks import check_choice, check_int, check_nonnegative, check_positive
         check_choice("problem", self.problem, PROBLEMS)
         check_choice("dtype", self.dtype, {"float32", "float64"})
+        check_choice("activation", self.activation, {"relu", "gelu"})
+        if self.activation != "relu" and self.problem != "resnet":
+            raise ValueError(f"--activation applies to --problem resnet only (got --problem {self.problem})")
         for m in self.methods:
             if m not in METHODS and ":" not in m:
                 raise ValueError(f"--methods: {m!r} is neither one of {list(METHODS)} nor module:ClassName")
@@ -143,9 +148,10 @@ def build_problem(cfg: Config, device, data_dir=None):
         perm = torch.randperm(train.images.shape[0], generator=torch.Generator().manual_seed(0))[:n]
         x = (train.images[perm].float() / 255.0 - train.mean[0]) / train.std[0]
         torch.manual_seed(0)
-        model = build_model("resnet18", 10, 1, width=cfg.width, norm="group")
+        model = build_model("resnet18", 10, 1, width=cfg.width, norm="group", activation=cfg.activation)
         return ModuleProblem(model, "cross_entropy", x, train.labels[perm], cfg.batch_size,
-                             dtype=getattr(torch, cfg.dtype), device=device, name=f"resnet18-w{cfg.width}-group")
+                             dtype=getattr(torch, cfg.dtype), device=device,
+                             name=f"resnet18-w{cfg.width}-group-{cfg.activation}")
     from sdesam.toys import make_toy_problem
     return make_toy_problem(cfg.problem).to(device, getattr(torch, cfg.dtype))
 
@@ -320,7 +326,7 @@ def plot(results, cfg: Config, problem_name: str):
 
 
 main = command("validation.moment_test", __doc__, Config, run, default_device="auto",
-               choices={"problem": list(PROBLEMS), "dtype": ["float32", "float64"]})
+               choices={"problem": list(PROBLEMS), "dtype": ["float32", "float64"], "activation": ["relu", "gelu"]})
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@ ResNet-18 11,173,962 and ResNet-50 23,520,842 for 10 classes.
 Shapes: input (B, in_channels, H, W) with H, W ≥ 8 (32 for CIFAR/SVHN, 28 for
 Fashion-MNIST); output (B, num_classes) logits. Spatial size after the stages is
 ceil(H/8); the adaptive average pool makes any such size work.
+
+``activation="gelu"`` replaces every ReLU by the exact GeLU: ReLU's gradient jumps where a
+unit switches, so the Taylor expansion of ∇f(x + ρε) in ρ that the SAM SDEs rest on holds
+only for the smooth variant (higher derivatives of a ReLU network are zero almost
+everywhere and miss those jumps).
 """
 from __future__ import annotations
 
@@ -22,7 +27,16 @@ from .._checks import check_int, check_positive
 from ._layers import check_norm, norm2d
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50",
-           "RESNET_CONFIGS"]
+           "RESNET_CONFIGS", "ACTIVATIONS"]
+
+#: the activations a ResNet may use
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
+def _activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got activation={name!r}")
+    return ACTIVATIONS[name]
 
 
 class BasicBlock(nn.Module):
@@ -31,8 +45,9 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, *, norm: str = "batch",
-                 bn_momentum: float = 0.1):
+                 bn_momentum: float = 0.1, activation: str = "relu"):
         super().__init__()
+        self.act = _activation(activation)
         bias = norm == "none"
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=bias)
         self.bn1 = norm2d(norm, planes, bn_momentum=bn_momentum)
@@ -46,9 +61,9 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act(out + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -57,8 +72,9 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, *, norm: str = "batch",
-                 bn_momentum: float = 0.1):
+                 bn_momentum: float = 0.1, activation: str = "relu"):
         super().__init__()
+        self.act = _activation(activation)
         bias = norm == "none"
         out_planes = planes * self.expansion
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=bias)
@@ -75,10 +91,10 @@ class Bottleneck(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act(out + self.shortcut(x))
 
 
 #: depth -> (block type, blocks per stage)
@@ -105,6 +121,7 @@ class ResNet(nn.Module):
             are BatchNorm-free, e.g. for DDP runs without SyncBatchNorm or for
             per-example Hessian work; their parameter counts differ from the standard.
         bn_momentum: BatchNorm running-statistics momentum (PyTorch convention, 0.1).
+        activation: ``"relu"`` (standard) or ``"gelu"`` (exact GeLU, a smooth network).
 
     Initialisation: PyTorch defaults (as in the reference CIFAR code), deterministic
     under ``torch.manual_seed``.
@@ -112,8 +129,9 @@ class ResNet(nn.Module):
 
     def __init__(self, block: type[nn.Module], num_blocks, num_classes: int = 10,
                  in_channels: int = 3, width: int = 64, norm: str | None = "batch",
-                 bn_momentum: float = 0.1):
+                 bn_momentum: float = 0.1, activation: str = "relu"):
         super().__init__()
+        self.act = _activation(activation)
         num_classes = check_int("num_classes", num_classes)
         in_channels = check_int("in_channels", in_channels)
         width = check_int("width", width)
@@ -127,7 +145,7 @@ class ResNet(nn.Module):
         self._in_planes = width
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=norm == "none")
         self.bn1 = norm2d(norm, width, bn_momentum=bn_momentum)
-        kw = dict(norm=norm, bn_momentum=bn_momentum)
+        kw = dict(norm=norm, bn_momentum=bn_momentum, activation=activation)
         self.layer1 = self._make_layer(block, width, num_blocks[0], 1, kw)
         self.layer2 = self._make_layer(block, 2 * width, num_blocks[1], 2, kw)
         self.layer3 = self._make_layer(block, 4 * width, num_blocks[2], 2, kw)
@@ -144,7 +162,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))          # (B, w, H, W)
+        out = self.act(self.bn1(self.conv1(x)))        # (B, w, H, W)
         out = self.layer1(out)                          # (B, w·e, H, W)
         out = self.layer2(out)                          # (B, 2w·e, H/2, W/2)
         out = self.layer3(out)                          # (B, 4w·e, H/4, W/4)
