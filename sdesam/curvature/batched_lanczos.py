@@ -87,8 +87,10 @@ def batched_lanczos(matvec: Callable[[Tensor, Tensor], Tensor], v0: Tensor, *, k
     if bool(bad.any()):
         gdev = generator.device if generator is not None else device
         start[bad] = torch.randn(int(bad.sum()), d, generator=generator, dtype=bdtype, device=gdev).to(device)
+    # Q holds the bases of the active rows only, in the order of ``active``: every step
+    # reads them as slices (views); rows that stop are dropped in one copy at that step.
     cap = min(max_iters + 1, 16)
-    Q = torch.zeros(N, cap, d, dtype=bdtype, device=device)
+    Q = torch.empty(N, cap, d, dtype=bdtype, device=device)
     Q[:, 0] = start / torch.linalg.vector_norm(start, dim=-1, keepdim=True)
     alphas = torch.zeros(N, max_iters, dtype=torch.float64)
     betas = torch.zeros(N, max_iters, dtype=torch.float64)
@@ -97,33 +99,33 @@ def batched_lanczos(matvec: Callable[[Tensor, Tensor], Tensor], v0: Tensor, *, k
     converged = torch.zeros(N, dtype=torch.bool)
     theta_out = torch.full((N, k), math.nan, dtype=torch.float64)
     res_out = torch.full((N, k), math.nan, dtype=torch.float64)
-    S_out: list[Tensor | None] = [None] * N
+    vectors = torch.zeros(N, k, d, dtype=dtype, device=device)
     active = torch.arange(N)
     eps = torch.finfo(bdtype).eps
     for j in range(max_iters):
         if active.numel() == 0:
             break
         if j + 1 >= Q.shape[1]:                                # grow the bases
-            grown = torch.zeros(N, min(max_iters + 1, 2 * Q.shape[1]), d, dtype=bdtype, device=device)
-            grown[:, :Q.shape[1]] = Q
+            grown = torch.empty(Q.shape[0], min(max_iters + 1, 2 * Q.shape[1]), d, dtype=bdtype, device=device)
+            grown[:, :j + 1] = Q[:, :j + 1]
             Q = grown
         dev_rows = active.to(device)
-        q = Q[dev_rows, j]                                      # (n, d)
+        q = Q[:, j]                                             # (n, d)
         w = matvec(q.to(dtype), dev_rows).to(bdtype)
         if not bool(torch.isfinite(w).all()):
             raise FloatingPointError("an operator returned NaN/Inf during Lanczos")
         alpha = torch.einsum("nd,nd->n", q, w)
         w = w - alpha[:, None] * q
         if j > 0:
-            w = w - betas[active, j - 1].to(device, bdtype)[:, None] * Q[dev_rows, j - 1]
-        basis = Q[dev_rows, :j + 1]                             # (n, j+1, d)
+            w = w - betas[active, j - 1].to(device, bdtype)[:, None] * Q[:, j - 1]
+        basis = Q[:, :j + 1]                                    # (n, j+1, d), a view
         before = torch.linalg.vector_norm(w, dim=-1)
         w = w - torch.bmm(torch.bmm(basis, w[:, :, None]).transpose(1, 2), basis)[:, 0]
         after = torch.linalg.vector_norm(w, dim=-1)
         again = after < 0.5 * before                            # Kahan–Parlett: orthogonalise twice
         if bool(again.any()):
-            b2, w2 = basis[again], w[again]
-            w[again] = w2 - torch.bmm(torch.bmm(b2, w2[:, :, None]).transpose(1, 2), b2)[:, 0]
+            w2 = w - torch.bmm(torch.bmm(basis, w[:, :, None]).transpose(1, 2), basis)[:, 0]
+            w = torch.where(again[:, None], w2, w)
             after = torch.linalg.vector_norm(w, dim=-1)
         alpha64, beta64 = alpha.double().cpu(), after.double().cpu()
         alphas[active, j] = alpha64
@@ -144,23 +146,21 @@ def batched_lanczos(matvec: Callable[[Tensor, Tensor], Tensor], v0: Tensor, *, k
         breakdown = beta64 <= 64 * eps * scale[active].clamp_min(1e-300) * math.sqrt(m)
         done = (m >= k) & ((res <= tol * scale[active, None]).all(-1) | breakdown)
         finished = done | (m == max_iters) | breakdown
-        for local, row in enumerate(active.tolist()):
-            if finished[local]:
-                theta_out[row, :kk] = theta[local, :kk]
-                res_out[row, :kk] = res[local]
-                S_out[row] = S[local, :, :kk]
-                converged[row] = bool(done[local])
+        for local in torch.nonzero(finished).flatten().tolist():
+            row = int(active[local])
+            theta_out[row, :kk] = theta[local, :kk]
+            res_out[row, :kk] = res[local]
+            converged[row] = bool(done[local])
+            y = torch.einsum("jk,jd->kd", S[local, :, :kk].to(device, bdtype), basis[local])
+            vectors[row, :kk] = (y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)).to(dtype)
         keep = ~finished
-        if bool(keep.any()):
-            survivors = active[keep]
-            Q[survivors.to(device), j + 1] = (w[keep] / after[keep, None]).to(bdtype)
-        active = active[keep]
-    vectors = torch.zeros(N, k, d, dtype=dtype, device=device)
-    for row in range(N):
-        S = S_out[row]
-        if S is None:
-            continue
-        m = S.shape[0]
-        y = torch.einsum("jk,jd->kd", S.to(device, bdtype), Q[row, :m])
-        vectors[row, :S.shape[1]] = (y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)).to(dtype)
+        if not bool(keep.any()):
+            break
+        if not bool(keep.all()):
+            dev_keep = keep.to(device)
+            kept = torch.empty(int(keep.sum()), Q.shape[1], d, dtype=bdtype, device=device)
+            kept[:, :j + 1] = Q[dev_keep, :j + 1]              # copy only the columns in use
+            Q, w, after = kept, w[dev_keep], after[dev_keep]
+            active = active[keep]
+        Q[:, j + 1] = (w / after[:, None]).to(bdtype)
     return BatchedLanczosResult(theta_out, vectors, res_out, scale, iters, converged, int(iters.sum()))
