@@ -128,7 +128,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def run_part(name: str, spec: str, *, device: str, small: bool, limit_s: float, workdir: Path,
              data_dir: str | None) -> dict:
-    """Run one part in a child process (new session) with a time limit; never raises
+    """Run one part in a child process (its own process group) with a time limit; never raises
     (except on SIGTERM / Ctrl-C of the check itself, after killing the part).
 
     Returns ``{"status": "ok" | "failed: <reason>", "wall_s", "limit_s", "results",
