@@ -12,7 +12,8 @@ from . import discrete, rules, sde, updates
 from .dynamics import Dynamics
 from .problem import Problem
 
-__all__ = ["REGISTRY", "DYNAMICS", "DynamicsEntry", "make_dynamics", "SAM_FAMILY", "sam_family_member"]
+__all__ = ["REGISTRY", "DYNAMICS", "DynamicsEntry", "make_dynamics", "SAM_FAMILY", "SAM_FAMILY_HYPERPARAMETERS",
+           "sam_family_member"]
 
 _SDE_OPTIONS = ("n_batches", "substeps", "correct_drift_noise", "diffusion", "antithetic", "solver", "seed")
 _RULE_OPTIONS = ("rule", "update", "micro_batches")
@@ -128,6 +129,8 @@ def make_dynamics(name: str, problem: Problem, **hyperparameters) -> Dynamics:
 
 #: The SAM-family methods that ``sam_family_member`` turns into keyword arguments.
 SAM_FAMILY = ("sam", "usam", "reverse_sam", "asam", "fisher_sam", "gsam", "wsam", "msam")
+#: Its hyperparameters (the keyword arguments of ``sam_family_member`` after the name).
+SAM_FAMILY_HYPERPARAMETERS = ("xi", "eta_f", "gsam_alpha", "wsam_gamma", "micro_batches")
 
 
 def sam_family_member(name: str, *, xi: float = 0.0, eta_f: float = 1.0, gsam_alpha: float = 0.1,

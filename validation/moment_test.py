@@ -39,7 +39,7 @@ from sdesam.atomic import atomic_open
 from sdesam.curvature import HessianOperator, lanczos
 from sdesam.experiment import command
 from sdesam.moments import THEORY_SLOPES, moment_test
-from sdesam.registry import make_dynamics, sam_family_member
+from sdesam.registry import SAM_FAMILY_HYPERPARAMETERS, make_dynamics, sam_family_member
 from sdesam.updates import WSAMUpdate
 
 __all__ = ["Config", "main", "run", "METHODS"]
@@ -170,8 +170,7 @@ def method_spec(cfg: Config, name: str) -> dict:
         return {"rule": _user_rule(name)}
     if name == "eigen_sam":
         return {"rule": rules_mod.EigenSAMRule(cfg.alpha)}
-    return sam_family_member(name, xi=cfg.xi, eta_f=cfg.eta_f, gsam_alpha=cfg.gsam_alpha,
-                             wsam_gamma=cfg.wsam_gamma, micro_batches=cfg.micro_batches)
+    return sam_family_member(name, **{k: getattr(cfg, k) for k in SAM_FAMILY_HYPERPARAMETERS})
 
 
 def trajectory_points(cfg: Config, problem, output) -> dict[int, torch.Tensor]:

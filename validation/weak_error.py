@@ -66,7 +66,7 @@ from sdesam._progress import progress as progress_bar
 from sdesam.experiment import command
 from sdesam.montecarlo import ChunkPlan, standard_tests
 from sdesam.parallel import init_comm
-from sdesam.registry import REGISTRY, SAM_FAMILY, sam_family_member
+from sdesam.registry import REGISTRY, SAM_FAMILY, SAM_FAMILY_HYPERPARAMETERS, sam_family_member
 from sdesam.toys import TOY_PROBLEMS, make_toy_problem
 
 from .experiment import THEORY_SLOPES, check_geometric, num_steps, sweep_ablation, sweep_eta, sweep_rho
@@ -223,8 +223,7 @@ class Config:
         """rule / update / micro_batches of ``method`` (empty for plain SAM)."""
         if self.method == "sam":
             return {}
-        return sam_family_member(self.method, xi=self.xi, eta_f=self.eta_f, gsam_alpha=self.gsam_alpha,
-                                 wsam_gamma=self.wsam_gamma, micro_batches=self.micro_batches)
+        return sam_family_member(self.method, **{k: getattr(self, k) for k in SAM_FAMILY_HYPERPARAMETERS})
 
     def discrete_process(self):
         """The discrete process of a setting: a name, or (name, kwargs) for a family method."""
