@@ -13,8 +13,9 @@ Hessian H_γ = ∇²f_γ(x), and the gap λ₁ − λ₂ that Assumption B.2 nee
 * ``"lanczos"``: ``sdesam.curvature.batched_lanczos`` — the Lanczos recurrences of all
   minibatches (and points) in lockstep, k = 2 so that λ₂ and with it the gap come out too,
   one batched Hessian-vector call per iteration through the problem's block oracles,
-  started from ``v0`` (the previous sub-step's vector of the same slot: a warm start);
-  each recurrence stops when both its Ritz residuals are ≤ ``tol``·‖H_γ‖.
+  started from ``v0`` (the previous sub-step's vector of the same slot: a warm start),
+  partial reorthogonalisation by default; each recurrence stops when both its Ritz
+  residuals are ≤ ``tol``·‖H_γ‖.
 
 ``"auto"`` takes the dense path when d ≤ ``max_dense_dim``.
 
@@ -85,10 +86,11 @@ def _dense_pairs(H: Tensor, dtype: torch.dtype) -> TopEigenpairs:
 
 
 def _batched_pairs(matvec, starts: Tensor, tol: float, max_iters: int, generator, like: Tensor,
-                   shape) -> TopEigenpairs:
+                   shape, reorthogonalize: str) -> TopEigenpairs:
     """TopEigenpairs of the N operators of ``matvec`` (``batched_lanczos``), reshaped to ``shape``."""
     d = starts.shape[-1]
-    r = batched_lanczos(matvec, starts, k=2 if d > 1 else 1, tol=tol, max_iters=max_iters, generator=generator)
+    r = batched_lanczos(matvec, starts, k=2 if d > 1 else 1, tol=tol, max_iters=max_iters, generator=generator,
+                        reorthogonalize=reorthogonalize)
     lam1 = r.eigenvalues[:, 0]
     lam2 = r.eigenvalues[:, 1] if d > 1 else torch.full_like(lam1, -math.inf)
     t = lambda v: v.to(like.dtype).to(like.device).reshape(shape)   # noqa: E731
@@ -110,7 +112,7 @@ def _resolve_method(method: str, d: int, max_dense_dim: int) -> str:
 
 def minibatch_top_eigenpairs(problem: Problem, x: Tensor, batch: Tensor, *, method: str = "auto",
                              tol: float = 1e-3, max_iters: int = 100, v0: Tensor | None = None,
-                             max_dense_dim: int = MAX_DENSE_DIM,
+                             max_dense_dim: int = MAX_DENSE_DIM, reorthogonalize: str = "partial",
                              generator: torch.Generator | None = None) -> TopEigenpairs:
     """(λ₁, v₁, λ₁ − λ₂, residual) of H_γ = ∇²f_γ(x) for every leading index.
 
@@ -125,6 +127,8 @@ def minibatch_top_eigenpairs(problem: Problem, x: Tensor, batch: Tensor, *, meth
         v0: Lanczos start vectors (*S, d) (e.g. the previous sub-step's v₁); default a
             Gaussian vector from ``generator``.
         max_dense_dim: largest d for the dense path.
+        reorthogonalize: Lanczos' ``"partial"`` (default) or ``"full"`` reorthogonalisation
+            (``sdesam.curvature.batched_lanczos``).
     """
     d = problem.dim
     method = _resolve_method(method, d, max_dense_dim)
@@ -143,12 +147,13 @@ def minibatch_top_eigenpairs(problem: Problem, x: Tensor, batch: Tensor, *, meth
     bs = batch.expand(*S, batch.shape[-1]).reshape(-1, batch.shape[-1])
     starts = x.new_zeros(xs.shape) if v0 is None else v0.expand(*S, d).reshape(-1, d)
 
-    return _batched_pairs(problem.hvp_rows(xs, bs), starts, tol, max_iters, generator, x, S)
+    return _batched_pairs(problem.hvp_rows(xs, bs), starts, tol, max_iters, generator, x, S, reorthogonalize)
 
 
 def full_hessian_top_eigenvector(problem: Problem, x: Tensor, *, method: str = "auto", tol: float = 1e-3,
                                  max_iters: int = 100, v0: Tensor | None = None,
                                  hessian_subset: Tensor | None = None, max_dense_dim: int = MAX_DENSE_DIM,
+                                 reorthogonalize: str = "partial",
                                  generator: torch.Generator | None = None) -> TopEigenpairs:
     """Top eigenpair of the full-batch Hessian ∇²f(x) at each point x (M, d).
 
@@ -172,7 +177,7 @@ def full_hessian_top_eigenvector(problem: Problem, x: Tensor, *, method: str = "
         every = torch.arange(sub.n_train, device=problem.device)[None]        # one minibatch: the subset
         r = minibatch_top_eigenpairs(sub, x[:, None, :], every, method=method, tol=tol, max_iters=max_iters,
                                      v0=None if v0 is None else v0[:, None, :], max_dense_dim=max_dense_dim,
-                                     generator=generator)
+                                     reorthogonalize=reorthogonalize, generator=generator)
         return TopEigenpairs(value=r.value[:, 0], vector=r.vector[:, 0], gap=r.gap[:, 0],
                              residual=r.residual[:, 0], scale=r.scale[:, 0], num_hvps=r.num_hvps,
                              method=r.method)
@@ -188,7 +193,7 @@ def full_hessian_top_eigenvector(problem: Problem, x: Tensor, *, method: str = "
     def matvec(V, rows):            # the mean of H_γ over the covering minibatches, per point
         return problem.hvp(x[rows][:, None, :], batches[None], V[:, None, :]).mean(1)
     starts = x.new_zeros(x.shape) if v0 is None else v0
-    eig = _batched_pairs(matvec, starts, tol, max_iters, generator, x, (M,))
+    eig = _batched_pairs(matvec, starts, tol, max_iters, generator, x, (M,), reorthogonalize)
     eig.num_hvps *= N
     return eig
 

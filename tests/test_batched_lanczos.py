@@ -1,6 +1,7 @@
-"""The batched eigen-solver: every minibatch of a block equals dense eigh in float64, the
-batched solve equals the per-minibatch solve, and a warm start never changes the answer
-beyond the tolerance."""
+"""The batched eigen-solver: every minibatch of a block equals dense eigh in float64 (with
+partial and with full reorthogonalisation), the batched solve equals the per-minibatch
+solve, a warm start never changes the answer beyond the tolerance, and partial
+reorthogonalisation keeps converged eigenvalues from reappearing as spurious copies."""
 import pytest
 import torch
 
@@ -25,10 +26,11 @@ def _block():
     return p, x, batches
 
 
-def test_every_minibatch_of_a_block_equals_dense_eigh():
+@pytest.mark.parametrize("reorthogonalize", ["partial", "full"])
+def test_every_minibatch_of_a_block_equals_dense_eigh(reorthogonalize):
     p, x, batches = _block()
     eig = minibatch_top_eigenpairs(p, x, batches, method="lanczos", tol=1e-10, max_iters=p.dim,
-                                   generator=seeded_generator(0, 1, 2))
+                                   generator=seeded_generator(0, 1, 2), reorthogonalize=reorthogonalize)
     for i, idx in enumerate(batches):
         lam, V = _dense(p, x, idx)
         assert eig.value[i] == pytest.approx(float(lam[-1]), rel=1e-8, abs=1e-12)
@@ -65,6 +67,32 @@ def test_a_warm_start_never_changes_the_answer_beyond_the_tolerance():
         assert abs(float(warm.vector[i] @ cold.vector[i])) > 0.99
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+def test_partial_reorthogonalisation_keeps_converged_eigenvalues_from_reappearing(dtype, tol):
+    # λ₁ = 10 is isolated and converges within a few steps, after which plain Lanczos (no
+    # reorthogonalisation) loses orthogonality and returns a second copy of 10 as θ₂
+    # before λ₂ = 1 (relative gap 0.01 to the rest, in [0, 0.9]) has converged
+    d = 500
+    lam = torch.cat([torch.tensor([10.0, 1.0]), torch.linspace(0, 0.9, d - 2)])
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    A = ((U * lam.double()) @ U.T).to(dtype).expand(2, d, d)
+    v0 = torch.randn(2, d, generator=g, dtype=dtype)
+
+    def matvec(V, rows):
+        return torch.einsum("nij,nj->ni", A[rows], V)
+    runs = {mode: batched_lanczos(matvec, v0, k=2, tol=tol, max_iters=300, reorthogonalize=mode)
+            for mode in ("partial", "full")}
+    for r in runs.values():
+        assert bool(r.converged.all())
+        assert torch.allclose(r.eigenvalues, torch.tensor([[10.0, 1.0]] * 2, dtype=torch.float64),
+                              rtol=0, atol=20 * tol)
+        assert abs(float(torch.einsum("nd,nd->n", r.eigenvectors[:, 0], r.eigenvectors[:, 1]).abs().max())) < 1e-3
+    partial, full = runs["partial"].num_reorthogonalizations, runs["full"].num_reorthogonalizations
+    assert bool((full == runs["full"].num_iters - 1).all())        # every step after the first
+    assert bool((2 * partial <= full).all())                        # partial: at most half of them
+
+
 def test_stopped_rows_get_no_more_products_and_bad_input_is_refused():
     A = torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=DTYPE))
     B = torch.diag(torch.tensor([5.0, 4.99, 1.0, 0.1], dtype=DTYPE))
@@ -82,6 +110,10 @@ def test_stopped_rows_get_no_more_products_and_bad_input_is_refused():
         batched_lanczos(matvec, v0[0])
     with pytest.raises(ValueError, match="k=5 exceeds the dimension d=4"):
         batched_lanczos(matvec, v0, k=5)
+    with pytest.raises(ValueError, match="reorthogonalize must be one of"):
+        batched_lanczos(matvec, v0, reorthogonalize="selective")
+    with pytest.raises(ValueError, match=r"matvec returned shape \(2, 3\) for vectors of shape \(2, 4\)"):
+        batched_lanczos(lambda V, rows: V[:, :3], v0)
 
 
 def test_hvp_rows_reuses_the_forward_pass_and_equals_the_loop():
