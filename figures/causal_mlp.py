@@ -14,17 +14,20 @@ Sec. 4.3) of the perturbation it used at the step before each record, with v₁ 
 step's minibatch Hessian (Lanczos), and each aligned SDE its eigen-gap and Lanczos
 residuals at every sub-step (``runs/*.json``, ``eigen_history``).
 
-What the quick default cuts (the eigen-SDEs pay a Lanczos top-2 eigenpair per minibatch
-and sub-step, ≈ 20–100 Hessian-vector products each, see ``benchmarks.causal``):
-40 steps instead of Figure 2's 500 (t = 0.4), K = 2 minibatches per sub-step for every
-SDE (8 in Figure 2; 2 is the least that gives a covariance), Lanczos tolerance 1e-2
-relative residual (at most 60 products), and the full-batch eigenvector of the ideal
-Eigen-SAM and the Eigen-SAM SDE taken on a fixed subset of 256 training examples. Time:
-one seed of the seven methods at 20 steps took ≈ 210 s of CPU (one thread) here, so the
-quick default is *estimated* at ≈ 15 min in one single-threaded process on an idle
-machine (two processes with ``--only-seeds``, one per core, about halve it); ``--threads
-1`` (default) avoids OpenMP stalls on a shared machine. Eigen-SAM (Algorithm 2) uses
-α = 0.2, q = 5 and p = 10 (the paper's p = 100 would refresh once in this horizon).
+The quick default (≈ 25 min in two single-threaded processes on 2 CPU cores, see
+``docs/results/causal.md``): 200 steps (t = 2; Figure 2 runs 500), 5 seeds, K = 4
+minibatches per sub-step for every SDE (8 in Figure 2), Lanczos to relative residual
+1e-3 for λ₁ and λ₂ (at most 100 products), the full-batch eigenvector of the ideal
+Eigen-SAM taken on a fixed subset of 256 training examples, records every 25 steps, and
+the five dynamics the three questions need (SAM, Eigen-SAM, ideal Eigen-SAM, SAM-SDE3,
+Eq. 5); ``--dynamics`` adds Eq. 6 and the Eigen-SAM SDE (each ≈ 1.0 s and 0.45 s a step
+here). Run it as two processes on one ``--out``, e.g. ``--only-seeds 0 1 2`` and
+``--only-seeds 3 4``; the last to finish aggregates everything (or ``--collect``).
+``--threads 1`` (default) avoids OpenMP stalls on a shared machine. Eigen-SAM
+(Algorithm 2) uses α = 0.2, q = 5 and p = 10 (the paper's p = 100 would refresh twice in
+this horizon). ``summary.json`` counts, per aligned-SDE run, the sub-steps at which some
+minibatch's v₁ was not resolved (residual/gap > 0.1 or > 1: the bound on the angle to
+the exact v₁).
 
 Outputs in ``--out`` (default ``runs/causal_mlp``): ``causal_mlp.png``/``.pdf`` (the six
 metrics + alignment), ``records.csv`` (tidy), ``discrepancy.md`` and ``summary.json``
@@ -56,6 +59,8 @@ from . import figure2
 DISCRETE = ("sam", "eigen_sam", "ideal_eigen_sam")
 SDES = ("sam_sde3", "aligned_sde5", "aligned_sde6", "eigen_sam_sde")
 DYNAMICS = DISCRETE + SDES
+#: the dynamics the three questions of ``answers`` compare (the quick default)
+QUESTIONS = ("sam", "eigen_sam", "ideal_eigen_sam", "sam_sde3", "aligned_sde5")
 LABELS = {"sam": "discrete SAM", "eigen_sam": "Eigen-SAM (Alg. 2)", "ideal_eigen_sam": "ideal Eigen-SAM",
           "sam_sde3": "SAM-SDE3 (Eq. 4)", "aligned_sde5": "aligned SDE (Eq. 5)",
           "aligned_sde6": "aligned SDE (Eq. 6)", "eigen_sam_sde": "Eigen-SAM SDE"}
@@ -73,26 +78,27 @@ class Config:
     alpha: float = 0.2
     p: int = 10
     q: int = 5
-    seeds: tuple = (0, 1, 2)
-    steps: int = 40
-    record_every: int = 20
+    seeds: tuple = (0, 1, 2, 3, 4)
+    steps: int = 200
+    record_every: int = 25
     batch_size: int = 128
-    n_batches: int = 2
+    n_batches: int = 4
     substeps: int = 1
-    eig_tol: float = 1e-2
-    eig_max_iters: int = 60
+    eig_tol: float = 1e-3
+    eig_max_iters: int = 100
     full_hessian_examples: int = 256
     hessian_examples: int = 1024
     probe_minibatches: int = 3
     metric_eig_tol: float = 1e-3
     init_seed: int = 0
     dtype: str = "float32"
-    dynamics: tuple = DYNAMICS
+    dynamics: tuple = QUESTIONS
+
 
     @classmethod
     def full(cls) -> "Config":
-        return cls(seeds=(0, 1, 2, 3, 4), steps=500, record_every=50, n_batches=8, eig_tol=1e-3, eig_max_iters=100,
-                   full_hessian_examples=2048, hessian_examples=4096)
+        return cls(steps=500, record_every=50, n_batches=8, full_hessian_examples=2048, hessian_examples=4096,
+                   dynamics=DYNAMICS)
 
     def validate(self) -> "Config":
         from sdesam._checks import check_choice, check_int, check_positive
@@ -465,8 +471,12 @@ def run(cfg: Config, output, opts) -> dict:
     for run_id, r in runs.items():
         h = r.get("eigen_history") or []
         if h:
+            bound = np.array([x.get("sin_bound_max", math.nan) for x in h])
             eig_diag[run_id] = {"relative_gap_min": min(x["relative_gap_min"] for x in h),
                                 "relative_residual_max": max(x["relative_residual_max"] for x in h),
+                                "substeps": len(h), "sin_bound_max": float(np.nanmax(bound)),
+                                "substeps_unresolved_0.1": int(np.sum(~(bound <= 0.1))),
+                                "substeps_unresolved_1": int(np.sum(~(bound <= 1.0))),
                                 "lanczos_hvps_per_substep_mean": float(np.mean([x["eig_hvps"] for x in h]))}
     align = {}
     for dyn in DISCRETE:

@@ -409,7 +409,9 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
 
     Diagnostics: ``eigen_history`` gets one dict per sub-step (sub-step index, smallest
     gap λ₁ − λ₂ and smallest relative gap (λ₁ − λ₂)/‖H_γ‖ over the minibatches, largest
-    residual ‖H_γ v₁ − λ₁ v₁‖ computed from the oracle's H_γ v₁, mean λ₁, products spent),
+    residual ‖H_γ v₁ − λ₁ v₁‖ computed from the oracle's H_γ v₁, largest residual/gap —
+    with the computed gap, the Davis–Kahan bound on sin∠(computed v₁, exact v₁) — mean
+    λ₁, products spent),
     and a ``RuntimeWarning`` is issued once, naming the sub-step and step, when a
     relative gap falls below ``gap_rtol`` or below the relative residual of v₁ (∇λ₁ is
     then ill-conditioned, or v₁ not resolved by the eigensolver's tolerance).
@@ -462,6 +464,7 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
         row = {"substep": index, "step": index // self.substeps, "gap_min": float(eig.gap.min()),
                "relative_gap_min": float(rel_gap.min()), "residual_max": float(residual.max()),
                "relative_residual_max": float((residual / eig.scale.clamp_min(tiny)).max()),
+               "sin_bound_max": float((residual / eig.gap.clamp_min(tiny)).max()),
                "lambda1_mean": float(eig.value.mean()), "eig_hvps": eig.num_hvps}
         self.eigen_history.append(row)
         if not self._warned and row["relative_gap_min"] < max(self.gap_rtol, row["relative_residual_max"]):
