@@ -13,7 +13,8 @@ with ε = v₁ for ∇³f[v₁, v₁]. The Lanczos products dominate and depend 
 and the warm start, so the Hessian-vector products per step and the time of one product
 (in a block of K, as Lanczos calls them) are reported next to the times, and each step's
 ratio to SAM-SDE3's. Steps are timed in sequence (each warm-started from the one
-before), median of ``--repeats``.
+before), the three dynamics in turn, one step each per round, ``--repeats`` rounds;
+medians over the rounds.
 """
 from __future__ import annotations
 
@@ -30,26 +31,35 @@ from benchmarks.timing import median_seconds
 from sdesam.registry import make_dynamics
 
 
-def _step_times(dyn, repeats: int, warmup: int) -> tuple[float, list[int]]:
-    state = dyn.init_state(seed=0)
-    dyn.advance(state, warmup)
-    times, hvps = [], []
+def _interleaved_step_times(dynamics: dict, repeats: int, warmup: int) -> dict:
+    """{name: (median step seconds, median ratio to the first dynamics' step, products per
+    step)}: the dynamics step in turn, one step each per round, so that every ratio compares
+    steps timed seconds apart (single-step times on a shared machine drift by up to 2×)."""
+    states = {}
+    for name, dyn in dynamics.items():
+        states[name] = dyn.init_state(seed=0)
+        dyn.advance(states[name], warmup)
+    times = {name: [] for name in dynamics}
+    hvps = {name: [] for name in dynamics}
     for _ in range(repeats):
-        n0 = len(getattr(dyn, "eigen_history", []))
-        t0 = time.perf_counter()
-        dyn.advance(state, 1)
-        times.append(time.perf_counter() - t0)
-        hist = getattr(dyn, "eigen_history", [])[n0:]
-        last = getattr(dyn, "last_eigenpairs", None)
-        hvps.append(sum(r["eig_hvps"] for r in hist) if hist else (last.num_hvps if last is not None else 0))
-    return statistics.median(times), hvps
+        for name, dyn in dynamics.items():
+            n0 = len(getattr(dyn, "eigen_history", []))
+            t0 = time.perf_counter()
+            dyn.advance(states[name], 1)
+            times[name].append(time.perf_counter() - t0)
+            hist = getattr(dyn, "eigen_history", [])[n0:]
+            last = getattr(dyn, "last_eigenpairs", None)
+            hvps[name].append(sum(r["eig_hvps"] for r in hist) if hist else (last.num_hvps if last is not None else 0))
+    first = next(iter(dynamics))
+    return {name: (statistics.median(t), statistics.median(a / b for a, b in zip(t, times[first])), hvps[name])
+            for name, t in times.items()}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--n-batches", type=int, default=8, help="K minibatches per SDE step")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--eig-tol", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data-dir", default=None)
@@ -76,30 +86,30 @@ def main(argv=None):
     g1 = median_seconds(plain_gradient, 30, 5, device)
     t_hvp = median_seconds(lambda: hvp(v), 30, 5, device)
     t_block = median_seconds(lambda: hvp_block(V, rows), 10, 3, device) / K
-    steps = {}
-    steps["sam_sde3"] = _step_times(make_dynamics("sam_sde3", problem, **common), args.repeats, 1)
-    steps["aligned_sde5"] = _step_times(make_dynamics("aligned_sde5", problem, **common, **eig), args.repeats, 1)
     subset = torch.arange(1024, device=device)
-    steps["eigen_sam_sde"] = _step_times(make_dynamics("eigen_sam_sde", problem, **common, **eig,
-                                                      hessian_subset=subset), args.repeats, 1)
+    steps = _interleaved_step_times({
+        "sam_sde3": make_dynamics("sam_sde3", problem, **common),
+        "aligned_sde5": make_dynamics("aligned_sde5", problem, **common, **eig),
+        "eigen_sam_sde": make_dynamics("eigen_sam_sde", problem, **common, **eig, hessian_subset=subset)},
+        args.repeats, 1)
     g = min(g1, median_seconds(plain_gradient, 30, 5, device))
     print(f"MLP 784-784-10 GeLU, B={B}, K={K}, data: {source}, device: {device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
     print(f"plain gradient {g * 1e3:.2f} ms; one minibatch HVP (hvp_at) {t_hvp * 1e3:.2f} ms = "
           f"{t_hvp / g:.2f} gradients; in a block of K={K} (hvp_rows, as Lanczos calls it) "
           f"{t_block * 1e3:.2f} ms = {t_block / g:.2f} gradients per product")
-    sde3 = steps["sam_sde3"][0]
     print(f"{'one Euler step':<36}{'ms':>10}{'/ gradient':>12}{'/ SAM-SDE3':>12}{'Lanczos HVPs/step':>20}")
-    for name, (sec, hv) in steps.items():
+    for name, (sec, ratio, hv) in steps.items():
         hv_s = "-" if not any(hv) else f"{statistics.median(hv):.0f} ({min(hv)}-{max(hv)})"
-        print(f"{name + f', K={K}':<36}{sec * 1e3:>10.1f}{sec / g:>12.1f}{sec / sde3:>12.1f}{hv_s:>20}")
+        print(f"{name + f', K={K}':<36}{sec * 1e3:>10.1f}{sec / g:>12.1f}{ratio:>12.1f}{hv_s:>20}")
+    print("(/ SAM-SDE3: median over the rounds of the step's time over the SAM-SDE3 step of the same round)")
     result = {"benchmark": "causal", "model": "mlp-784-784-10-gelu", "batch_size": B, "n_batches": K,
               "eig_tol": args.eig_tol, "data": source, "device": str(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "gradient_ms": g * 1e3, "hvp_over_gradient": t_hvp / g,
               "block_hvp_over_gradient": t_block / g,
-              **{f"{n}_step_over_gradient": sec / g for n, (sec, _) in steps.items()},
-              **{f"{n}_step_over_sam_sde3": sec / sde3 for n, (sec, _) in steps.items() if n != "sam_sde3"},
-              "aligned_sde5_lanczos_hvps_per_step": steps["aligned_sde5"][1],
+              **{f"{n}_step_over_gradient": sec / g for n, (sec, _, _) in steps.items()},
+              **{f"{n}_step_over_sam_sde3": ratio for n, (_, ratio, _) in steps.items() if n != "sam_sde3"},
+              "aligned_sde5_lanczos_hvps_per_step": steps["aligned_sde5"][2],
               "eigen_sam_sde_hessian_examples": 1024}
     print(json.dumps(result))
     return result

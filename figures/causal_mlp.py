@@ -2,7 +2,7 @@
 and the ideal Eigen-SAM next to SAM-SDE3 (Eq. 4), the aligned SDEs of Corollary 4.1.1
 (Eq. 5, Eq. 6) and the Eigen-SAM SDE.
 
-    python -m figures.causal_mlp                 # quick default (2 CPU cores)
+    python -m figures.causal_mlp                 # quick default (see below for two processes)
     python -m figures.causal_mlp --full          # a longer configuration (GPU)
 
 Same model, data, x₀, η = 0.01, ρ = 0.2, B = 128 and metrics as ``figures.figure2``
@@ -21,9 +21,10 @@ minibatches per sub-step for every SDE (8 in Figure 2), Lanczos to relative resi
 Eigen-SAM taken on a fixed subset of 256 training examples, records every 25 steps, and
 the five dynamics the three questions need (SAM, Eigen-SAM, ideal Eigen-SAM, SAM-SDE3,
 Eq. 5); ``--dynamics`` adds Eq. 6 and the Eigen-SAM SDE (each ≈ 1.0 s and 0.45 s a step
-here). Run it as two processes on one ``--out``, e.g. ``--only-seeds 0 1 2`` and
-``--only-seeds 3 4``; the last to finish aggregates everything (or ``--collect``).
-``--threads 1`` (default) avoids OpenMP stalls on a shared machine. Eigen-SAM
+here). Run it as two processes on one ``--out``, each with ``--threads 1`` (torch
+otherwise takes every core in each process, and two processes then oversubscribe the
+cores, measured ≈ 3× slower), e.g. ``--only-seeds 0 1 2`` and ``--only-seeds 3 4``; the
+last to finish aggregates everything (or ``--collect``). Eigen-SAM
 (Algorithm 2) uses α = 0.2, q = 5 and p = 10 (the paper's p = 100 would refresh twice in
 this horizon). ``summary.json`` counts, per aligned-SDE run, the sub-steps at which some
 minibatch's v₁ was not resolved (residual/gap > 0.1 or > 1: the bound on the angle to
@@ -49,7 +50,7 @@ from sdesam._progress import progress as progress_bar
 from sdesam.atomic import atomic_write_text
 from sdesam.curvature import alignment
 from sdesam.eigenpairs import minibatch_top_eigenpairs
-from sdesam.experiment import command, jsonable
+from sdesam.experiment import command, jsonable, read_json
 from sdesam.metrics import FIGURE2_METRICS, ClassificationMetrics
 from sdesam.registry import make_dynamics
 from sdesam.simulate import RECORD_FIELDS, RecordWriter, record_steps, run_trajectory
@@ -431,7 +432,7 @@ def run(cfg: Config, output, opts) -> dict:
             run_id = f"{dyn.name}-seed{seed}"
             done = out / "runs" / f"{run_id}.json"
             if done.exists():
-                runs[run_id] = json.loads(done.read_text())
+                runs[run_id] = read_json(done)
                 bar.update(len(steps))
                 continue
             if collect or (only_seeds is not None and seed not in only_seeds):

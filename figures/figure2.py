@@ -26,7 +26,6 @@ from per-run checkpoints) when rerun with the same ``--out``.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import numpy as np
 
 from sdesam._checks import check_choice, check_int, check_nonnegative, check_positive
 from sdesam._progress import progress as progress_bar
-from sdesam.experiment import command
+from sdesam.experiment import command, read_json
 from sdesam.metrics import FIGURE2_METRICS, ClassificationMetrics
 from sdesam.mnist_mlp import mnist_mlp_problem
 from sdesam.problem import ModuleProblem
@@ -212,7 +211,7 @@ def run(cfg: Config, output, opts) -> dict:
             run_id = f"{dyn.name}-seed{seed}"
             done = out / "runs" / f"{run_id}.json"
             if done.exists():
-                runs[run_id] = json.loads(done.read_text())
+                runs[run_id] = read_json(done)
                 bar.update(len(steps))
                 continue
             bar.set_postfix_str(run_id)

@@ -54,7 +54,7 @@ from .data.paths import check_data_dir
 from .parallel import resolve_device
 
 __all__ = ["environment", "Output", "Options", "command", "add_config_arguments", "config_from_args",
-           "check_counts", "write_csv", "write_json", "keep_freed_memory", "jsonable"]
+           "check_counts", "write_csv", "write_json", "read_json", "keep_freed_memory", "jsonable", "from_jsonable"]
 
 
 def _git(*args) -> str | None:
@@ -106,6 +106,27 @@ def jsonable(obj):
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return jsonable(dataclasses.asdict(obj))
     return obj
+
+
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def from_jsonable(obj):
+    """The inverse of ``jsonable`` for numbers: the strings ``"nan"``, ``"inf"`` and
+    ``"-inf"`` back to floats, in nested dicts and lists (so that a result read back from
+    disk aggregates exactly as the one held in memory)."""
+    if isinstance(obj, dict):
+        return {k: from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_jsonable(v) for v in obj]
+    if isinstance(obj, str):
+        return _NON_FINITE.get(obj, obj)
+    return obj
+
+
+def read_json(path):
+    """A file written by ``write_json``, with its non-finite floats restored."""
+    return from_jsonable(json.loads(Path(path).read_text()))
 
 
 def write_json(path, obj) -> None:

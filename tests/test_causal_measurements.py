@@ -100,3 +100,24 @@ def test_alignment_sweep_diagnostics_on_the_toy():
         assert d["gap_rho"] >= 0 and d["gap_rho2"] >= 0 and d["relative_gap_min"] > 0
     assert aligned["align"] > loose["align"]                 # conditioning sets the alignment
     assert aligned["gap_rho"] / aligned["sam_rho_term"] < loose["gap_rho"] / loose["sam_rho_term"]
+
+
+def test_a_run_read_back_from_disk_aggregates_like_the_one_in_memory(tmp_path):
+    # a second process aggregates the runs the first wrote: NaN records (the alignment
+    # of step 0) must come back as floats, not as the strings JSON holds them in
+    import numpy as np
+
+    from figures import figure2
+    from sdesam.experiment import read_json, write_json
+    recs = _records({"sam": torch.tensor([[3.0, 2.0, 1.0]], dtype=DTYPE)})
+    recs += [{"dynamics": "sam", "seed": 0, "step": 10 * k, "time": 0.1 * k, "metric": "alignment",
+              "value": math.nan if k == 0 else -0.3} for k in range(3)]
+    write_json(tmp_path / "run.json", {"records": recs, "config": {"eig_method": "lanczos"}})
+    back = read_json(tmp_path / "run.json")
+    assert back["config"] == {"eig_method": "lanczos"}
+    mine, theirs = figure2.curves(recs), figure2.curves(back["records"])
+    assert mine.keys() == theirs.keys()
+    for key, (steps, vals) in mine.items():
+        assert theirs[key][1].dtype == np.float64
+        np.testing.assert_array_equal(theirs[key][1], vals)
+        np.testing.assert_array_equal(theirs[key][0], steps)
