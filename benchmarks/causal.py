@@ -28,6 +28,7 @@ import torch
 
 from benchmarks.oracles import DEFAULT_EXAMPLES, check_arguments, paper_mlp
 from benchmarks.timing import median_seconds
+from sdesam.experiment import keep_freed_memory
 from sdesam.registry import make_dynamics
 
 
@@ -72,6 +73,8 @@ def main(argv=None):
         raise ValueError(f"--batch-size must be <= {DEFAULT_EXAMPLES} (the examples loaded), got {args.batch_size}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        keep_freed_memory()                 # as every experiment command does on CPU
     B, K = args.batch_size, args.n_batches
     _, problem, plain_gradient, (_, _, source) = paper_mlp(B, args.data_dir, device)
     hvp = problem.hvp_at(problem.x0, torch.arange(B, device=device))
