@@ -14,7 +14,7 @@ Sec. 4.3) of the perturbation it used at the step before each record, with v₁ 
 step's minibatch Hessian (Lanczos), and each aligned SDE its eigen-gap and Lanczos
 residuals at every sub-step (``runs/*.json``, ``eigen_history``).
 
-The quick default (≈ 25 min in two single-threaded processes on 2 CPU cores, see
+The quick default (≈ 18 min in two single-threaded processes on 2 CPU cores, see
 ``docs/results/causal.md``): 200 steps (t = 2; Figure 2 runs 500), 5 seeds, K = 4
 minibatches per sub-step for every SDE (8 in Figure 2), Lanczos to relative residual
 1e-3 for λ₁ and λ₂ (at most 100 products), the full-batch eigenvector of the ideal

@@ -66,3 +66,20 @@ def test_batched_oracles_on_cuda_equal_the_loop_and_the_cpu(rule, order):
     v = eig[:, 0]
     assert rel(cuda[0].hvp(x[:, 0].cuda(), batches[:, 0].cuda(), v.cuda()).cpu(),
                looped.hvp(x[:, 0], batches[:, 0], v)) < 1e-10
+
+
+@pytest.mark.parametrize("reorthogonalize", ["partial", "full"])
+def test_batched_lanczos_on_cuda_equals_the_cpu(reorthogonalize):
+    from sdesam.eigenpairs import minibatch_top_eigenpairs
+    cpu = tiny_mlp_problem()
+    gpu = type(cpu)(cpu.model, "cross_entropy", cpu.inputs, cpu.targets, cpu.batch_size, dtype=DTYPE, device="cuda")
+    batches = torch.tensor([[0, 3, 5], [1, 2, 9], [4, 6, 7]])
+    start = torch.randn(3, cpu.dim, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
+    kw = dict(method="lanczos", tol=1e-8, max_iters=cpu.dim, reorthogonalize=reorthogonalize)
+    a = minibatch_top_eigenpairs(cpu, cpu.x0, batches, v0=start, **kw)
+    b = minibatch_top_eigenpairs(gpu, gpu.x0, batches.cuda(), v0=start.cuda(), **kw)
+    assert b.vector.device.type == "cuda"
+    assert torch.allclose(a.value, b.value.cpu(), rtol=1e-7, atol=1e-10)
+    assert torch.allclose(a.gap, b.gap.cpu(), rtol=1e-5, atol=1e-8)
+    cos = torch.einsum("nd,nd->n", a.vector, b.vector.cpu()).abs()
+    assert bool((cos > 1 - 1e-6).all())
