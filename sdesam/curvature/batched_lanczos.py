@@ -13,8 +13,8 @@ Orthogonality. In floating point the Lanczos vectors lose orthogonality as Ritz 
 converge (Paige), which left alone produces spurious copies of converged eigenvalues.
 ``reorthogonalize="partial"`` (default) is Simon's partial reorthogonalisation: the
 overlaps ω_{j,i} = q_jᵀq_i are *estimated* by a scalar recurrence driven by the
-tridiagonal entries (O(j) per step, no pass over the basis), the two newest overlaps are
-measured exactly (two dot products), and the new vector is Gram–Schmidt-orthogonalised
+tridiagonal entries (O(j) per step, no pass over the basis), the newest overlap
+ω_{j+1,j} is measured (one dot product), and the new vector is Gram–Schmidt-orthogonalised
 against the whole basis only at the steps where an estimated overlap exceeds √u (u the
 unit roundoff of the products), and at the step after. The basis then stays
 semi-orthogonal (overlaps ≤ √u), which keeps the Ritz values as accurate as full
