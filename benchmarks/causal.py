@@ -8,13 +8,15 @@ B = 128, the plain ``autograd.grad`` of the module). An Eq. 5 step at K minibatc
 costs SAM-SDE3's K Taylor vectors (with components), plus per minibatch a top
 eigenpair of H_γ by batched Lanczos (``sdesam.curvature.batched_lanczos``: the K
 recurrences in lockstep, k = 2, residual ≤ eig_tol·‖H_γ‖, warm-started from the previous
-step's vector of the same slot, partial reorthogonalisation) and one more Taylor call
-with ε = v₁ for ∇³f[v₁, v₁]. The Lanczos products dominate and depend on the tolerance
-and the warm start, so the Hessian-vector products per step and the time of one product
-(in a block of K, as Lanczos calls them) are reported next to the times, and each step's
-ratio to SAM-SDE3's. Steps are timed in sequence (each warm-started from the one
-before), the three dynamics in turn, one step each per round, ``--repeats`` rounds;
-medians over the rounds.
+step's vector of the same slot, partial reorthogonalisation, in the input-span
+coordinates of ``sdesam.input_span``) and one more Taylor call with ε = v₁ for
+∇³f[v₁, v₁]. The Lanczos products dominate and depend on the tolerance and the warm
+start, so the Hessian-vector products per step and the time of one product (in a block
+of K, as Lanczos calls them, in full and in span coordinates) are reported next to the
+times, and each step's ratio to SAM-SDE3's. Steps are timed in sequence (each
+warm-started from the one before), the three dynamics in turn, one step each per round,
+``--repeats`` rounds; medians over the rounds. A last line times one cold eigen-solve
+of the K minibatch Hessians at x0 in full and in span coordinates (same start vectors).
 """
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ import torch
 
 from benchmarks.oracles import DEFAULT_EXAMPLES, check_arguments, paper_mlp
 from benchmarks.timing import median_seconds
+from sdesam.eigenpairs import minibatch_top_eigenpairs
 from sdesam.experiment import keep_freed_memory
+from sdesam.input_span import InputSpanRows
 from sdesam.registry import make_dynamics
 
 
@@ -89,6 +93,17 @@ def main(argv=None):
     g1 = median_seconds(plain_gradient, 30, 5, device)
     t_hvp = median_seconds(lambda: hvp(v), 30, 5, device)
     t_block = median_seconds(lambda: hvp_block(V, rows), 10, 3, device) / K
+    span = InputSpanRows(problem, problem.x0.expand(K, -1), block) if InputSpanRows.applies(problem, B) else None
+    if span is not None:
+        Z = span.reduce(V)
+        t_span = median_seconds(lambda: span.matvec(Z, rows), 10, 3, device) / K
+    solves = {}
+    for in_span in ((True, False) if span is not None else (False,)):
+        def solve():
+            solves[in_span] = minibatch_top_eigenpairs(problem, problem.x0, block, method="lanczos",
+                                                       tol=args.eig_tol, input_span=in_span,
+                                                       generator=torch.Generator().manual_seed(0))
+        solves[in_span] = (median_seconds(solve, 3, 1, device), solves[in_span].num_hvps)
     subset = torch.arange(1024, device=device)
     steps = _interleaved_step_times({
         "sam_sde3": make_dynamics("sam_sde3", problem, **common),
@@ -100,16 +115,23 @@ def main(argv=None):
           f"threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
     print(f"plain gradient {g * 1e3:.2f} ms; one minibatch HVP (hvp_at) {t_hvp * 1e3:.2f} ms = "
           f"{t_hvp / g:.2f} gradients; in a block of K={K} (hvp_rows, as Lanczos calls it) "
-          f"{t_block * 1e3:.2f} ms = {t_block / g:.2f} gradients per product")
+          f"{t_block * 1e3:.2f} ms = {t_block / g:.2f} gradients per product" +
+          ("" if span is None else f"; in input-span coordinates (d̃ = {span.dim:,} of {problem.dim:,}) "
+           f"{t_span * 1e3:.2f} ms = {t_span / g:.2f} gradients"))
     print(f"{'one Euler step':<36}{'ms':>10}{'/ gradient':>12}{'/ SAM-SDE3':>12}{'Lanczos HVPs/step':>20}")
     for name, (sec, ratio, hv) in steps.items():
         hv_s = "-" if not any(hv) else f"{statistics.median(hv):.0f} ({min(hv)}-{max(hv)})"
         print(f"{name + f', K={K}':<36}{sec * 1e3:>10.1f}{sec / g:>12.1f}{ratio:>12.1f}{hv_s:>20}")
     print("(/ SAM-SDE3: median over the rounds of the step's time over the SAM-SDE3 step of the same round)")
+    print(f"one cold eigen-solve of the K={K} minibatch Hessians at x0 (tol {args.eig_tol}): " +
+          "; ".join(f"{'input-span' if k else 'full'} coordinates {sec * 1e3:.0f} ms, {n} products"
+                    for k, (sec, n) in solves.items()))
     result = {"benchmark": "causal", "model": "mlp-784-784-10-gelu", "batch_size": B, "n_batches": K,
               "eig_tol": args.eig_tol, "data": source, "device": str(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "gradient_ms": g * 1e3, "hvp_over_gradient": t_hvp / g,
               "block_hvp_over_gradient": t_block / g,
+              "span_block_hvp_over_gradient": None if span is None else t_span / g,
+              **{f"cold_solve_{'span' if k else 'full'}_ms": sec * 1e3 for k, (sec, _) in solves.items()},
               **{f"{n}_step_over_gradient": sec / g for n, (sec, _, _) in steps.items()},
               **{f"{n}_step_over_sam_sde3": ratio for n, (_, ratio, _) in steps.items() if n != "sam_sde3"},
               "aligned_sde5_lanczos_hvps_per_step": steps["aligned_sde5"][2],

@@ -299,12 +299,18 @@ class _Activation:
     def primal(self, p, a, stacked=False):
         return self.layer(a)
 
-    def jet(self, p, e, a, a1, a2, order, stacked=False):
+    def jet(self, p, e, a, a1, a2, order, stacked=False, memo: list | None = None):
         if a1 is None:          # no tangent reaches this layer: the jet is zero
             return None, None
+        derivs = self.derivs
+        if memo is not None:    # the derivatives at these primal inputs, kept by the caller
+            need = 2 if order < 2 else 3
+            if len(memo) < need:
+                memo[:] = self.derivs(a, need)
+            derivs = lambda z, upto: tuple(memo[:upto])     # noqa: E731
         if order < 2:
-            return _ElementwiseJet1.apply(a, a1, self.derivs), None
-        return _ElementwiseJet.apply(a, a1, a2, self.derivs)
+            return _ElementwiseJet1.apply(a, a1, derivs), None
+        return _ElementwiseJet.apply(a, a1, a2, derivs)
 
 
 _LINEAR_MAPS = (nn.Flatten, nn.Identity, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
@@ -424,6 +430,21 @@ class SequentialJet:
         loss = self._loss(acts[-1], targets, stacked)
         return (loss.sum() if stacked else loss), acts
 
+    def input_linear(self) -> int | None:
+        """Index of the first layer that has parameters when it is a Linear layer and every
+        layer before it is parameter-free (its input is then a fixed function of the data),
+        else None."""
+        for k, layer in enumerate(self.layers):
+            if layer.names:
+                return k if isinstance(layer, _Affine) and layer.is_linear else None
+        return None
+
+    def tail(self, start: int) -> "SequentialJet":
+        """The same jet from layer ``start`` on (its inputs are layer ``start``'s inputs)."""
+        tail = object.__new__(SequentialJet)
+        tail._loss, tail._loss_jet, tail.layers = self._loss, self._loss_jet, self.layers[start:]
+        return tail
+
     def factorable_layers(self, batch_size: int) -> list[int]:
         """Indices of the Linear layers whose weight tangent is cheaper factored
         (``LowRankWeightTangent``) at this batch size: B·(in + out) < in·out."""
@@ -432,7 +453,8 @@ class SequentialJet:
                 and batch_size * sum(layer.features) < layer.features[0] * layer.features[1]]
 
     def directional(self, params: dict, tangents: dict, acts: list, targets: Tensor, order: int,
-                    factors: dict[int, LowRankWeightTangent] | None = None, stacked: bool = False):
+                    factors: dict[int, LowRankWeightTangent] | None = None, stacked: bool = False,
+                    memo: dict | None = None):
         """(ℓ₁, ℓ₂): first and second derivative of the loss along the tangent.
 
         ``acts`` are the primal activations from ``forward`` (reused, not recomputed);
@@ -440,11 +462,16 @@ class SequentialJet:
         ``factors`` maps a layer index (see ``factorable_layers``) to the factored form
         of that layer's weight tangent, used instead of ``tangents``' dense weight.
         With ``stacked`` (as in ``forward``) ℓ₁ and ℓ₂ are sums over the N copies.
+        ``memo``: a dict the caller keeps with ``acts`` across calls (e.g. the products of
+        a Lanczos run); the activations' derivatives at the primal inputs are stored in
+        it on the first call and reused after.
         """
         factors = factors or {}
         a1 = a2 = None
         for k, (layer, a) in enumerate(zip(self.layers, acts[:-1])):
             extra = {"factor": factors[k]} if k in factors else {}
+            if memo is not None and isinstance(layer, _Activation):
+                extra["memo"] = memo.setdefault(k, [])
             a1, a2 = layer.jet(self._layer_params(layer, params), self._layer_params(layer, tangents),
                                a, a1, a2, order, stacked, **extra)
         if a1 is None:

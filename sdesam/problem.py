@@ -309,10 +309,12 @@ class ModuleProblem(Problem):
             self._loss_fn = loss
         else:
             raise ValueError(f"loss must be 'cross_entropy', 'mse' or a callable, got loss={loss!r}")
-        jet_ok = isinstance(loss, str) and SequentialJet.supports(model, loss)
+        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+        jet_ok = isinstance(loss, str) and SequentialJet.supports(model, loss) and not frozen
         if oracle == "jet" and not jet_ok:
-            raise ValueError("oracle='jet' needs an nn.Sequential of supported layers and a string loss; "
-                             "use oracle='autograd'")
+            raise ValueError("oracle='jet' needs an nn.Sequential of supported layers, a string loss and "
+                             "every parameter trainable" + (f" (frozen: {frozen})" if frozen else "") +
+                             "; use oracle='autograd'")
         self.oracle = "jet" if (oracle == "jet" or (oracle == "auto" and jet_ok)) else "autograd"
         self._jet = SequentialJet(model, loss) if self.oracle == "jet" else None
         if block == "batched" and self._jet is None:
@@ -495,10 +497,11 @@ class ModuleProblem(Problem):
         with torch.enable_grad():
             leaves, params = self._leaves(x)
             _, acts = self._jet.forward(params, self.inputs[batch], targets)
+        memo = {}
 
         def matvec(v: Tensor) -> Tensor:
             with torch.enable_grad():
-                l1, _ = self._jet.directional(params, self.unflatten(v.detach()), acts, targets, 1)
+                l1, _ = self._jet.directional(params, self.unflatten(v.detach()), acts, targets, 1, memo=memo)
                 return self._flat(torch.autograd.grad(l1, leaves, retain_graph=True), x.new_empty(self.dim))
         return matvec
 
@@ -522,10 +525,10 @@ class ModuleProblem(Problem):
                 with torch.enable_grad():
                     leaves, params = self._leaves(x[rows])
                     _, acts = self._jet.forward(params, inputs, targets, True)
-                cache.update(key=key, leaves=leaves, params=params, acts=acts, targets=targets)
+                cache.update(key=key, leaves=leaves, params=params, acts=acts, targets=targets, memo={})
             with torch.enable_grad():
                 l1, _ = self._jet.directional(cache["params"], self.unflatten(V.detach()), cache["acts"],
-                                              cache["targets"], 1, stacked=True)
+                                              cache["targets"], 1, stacked=True, memo=cache["memo"])
                 grads = torch.autograd.grad(l1, cache["leaves"], retain_graph=True)
             return self._flat(grads, V.new_empty(n, self.dim))
         return matvec

@@ -69,7 +69,7 @@ from .dynamics import Dynamics, RunState
 from .eigenpairs import MAX_DENSE_DIM, EigenSolverMixin
 from .oracles import TaylorVectors, check_order
 from .problem import Problem
-from .rules import DirectionRule, EigenSAMRule, get_rule
+from .rules import EigenSAMRule, get_rule
 from .updates import get_update, method_name
 
 __all__ = ["SAMFamilySDE", "SGDSDE", "SAMSDE2", "SAMSDE3", "UntruncatedSAMSDE", "AlignedSDE", "AlignedSDE5",
@@ -400,8 +400,10 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
     are invariant under v₁ → −v₁. The diffusion is SAM-SDE3's (Eq. 4) in either
     representation (``diffusion="taylor"``: Cov of SAM's Taylor vectors v²; ``"paper"``:
     the table formula): only the drift changes. When every u_γ = ±v₁ both drifts equal
-    SAM-SDE3's. H_γu_γ and ∇³f_γ[v₁, v₁] come from the problem's Taylor oracles (SAM's
-    with ``components=True``, and ``rules.DirectionRule`` with ε = v₁).
+    SAM-SDE3's. H_γu_γ comes from SAM's Taylor oracle with ``components=True``,
+    H_γv₁ and ∇³f_γ[v₁, v₁] from the eigen-solve (``minibatch_top_eigenpairs`` with
+    ``derivatives=True``: the Taylor oracle with ε = v₁, in input-span coordinates when
+    the eigenvectors were found in them).
 
     v₁ per minibatch and sub-step: ``sdesam.eigenpairs.minibatch_top_eigenpairs``
     (dense float64 ``eigh`` when d ≤ ``max_dense_dim``, else Lanczos warm-started from
@@ -446,20 +448,19 @@ class AlignedSDE(EigenSolverMixin, SAMFamilySDE):
 
     def _drift_vectors(self, tv, w, x, batches, index):
         S = tv.g.shape[:-1]
-        eig = self.top_eigenvector(x[:, 0], x, batches, self.seed, index)
+        eig = self.top_eigenvector(x[:, 0], x, batches, self.seed, index, derivatives=True)
         v1 = eig.vector.expand(*S, self.problem.dim)
-        tv1 = self.problem.taylor(x, batches, DirectionRule(), self.rho, 2, eigvec=v1, components=True)
-        self._record(index, eig, tv1.h, v1)
+        self._record(index, eig)
         if self.form == "eq5":
             drift = tv.g + self.rho * tv.h
         else:
             s = torch.einsum("...d,...d->...", tv.g, v1).sign()
             drift = tv.g + (self.rho * s * eig.value)[..., None] * v1
-        return drift.add_(tv1.t, alpha=0.5 * self.rho * self.rho)
+        return drift.add_(eig.value_gradient, alpha=0.5 * self.rho * self.rho)
 
-    def _record(self, index: int, eig, hv: Tensor, v1: Tensor) -> None:
+    def _record(self, index: int, eig) -> None:
         tiny = torch.finfo(eig.scale.dtype).tiny
-        residual = torch.linalg.vector_norm(hv - eig.value[..., None] * v1, dim=-1)
+        residual = eig.residual                     # from the oracle's H_γ v₁ (derivatives=True)
         rel_gap = eig.gap / eig.scale.clamp_min(tiny)
         row = {"substep": index, "step": index // self.substeps, "gap_min": float(eig.gap.min()),
                "relative_gap_min": float(rel_gap.min()), "residual_max": float(residual.max()),

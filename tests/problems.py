@@ -73,6 +73,19 @@ def tiny_mlp_problem(oracle="auto", n=10, batch_size=3, seed=0, activation=nn.GE
                          dtype=DTYPE)
 
 
+def wide_mlp_problem(n=14, batch_size=3, seed=0, flatten=False, **kwargs) -> ModuleProblem:
+    """A GeLU MLP 7-5-3 whose first layer has more inputs than B (input-span coordinates
+    apply); ``flatten``: inputs (n, 1, 7) through an ``nn.Flatten`` first."""
+    torch.manual_seed(seed)
+    layers = [nn.Linear(7, 5), nn.GELU(), nn.Linear(5, 3)]
+    model = nn.Sequential(*([nn.Flatten()] if flatten else []), *layers).to(DTYPE)
+    g = torch.Generator().manual_seed(seed + 1)
+    X = torch.randn(n, 7, generator=g, dtype=DTYPE)
+    Y = torch.randint(3, (n,), generator=g)
+    return ModuleProblem(model, "cross_entropy", X[:, None, :] if flatten else X, Y, batch_size, dtype=DTYPE,
+                         **kwargs)
+
+
 def flat_batch_loss(problem: ModuleProblem, idx):
     """x ↦ f_γ(x) rebuilt independently with ``functional_call`` (no oracle code)."""
     names = [n for n, _ in problem.model.named_parameters()]

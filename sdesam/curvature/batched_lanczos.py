@@ -96,6 +96,14 @@ class _Bases:
         return [self.vectors[j][self.where[j][row]] for j in range(m)]
 
 
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """(n,) dot products of the rows of a and b (n, d). On the CPU a loop of ``torch.dot``
+    (BLAS, no temporary) measured 2× faster than ``linalg.vecdot`` for d ≈ 10⁵–10⁶."""
+    if a.device.type != "cpu":
+        return torch.linalg.vecdot(a, b)
+    return torch.stack([torch.dot(x, y) for x, y in zip(a, b)])
+
+
 def _orthogonalize(w: Tensor, basis: list[Tensor]) -> Tensor:
     """w (d,) minus its projections on the (orthonormal) ``basis`` vectors, classical
     Gram–Schmidt, a second pass when the first removed more than half of the norm
@@ -174,10 +182,10 @@ def batched_lanczos(matvec: Callable[[Tensor, Tensor], Tensor], v0: Tensor, *, k
         if w.data_ptr() == q.data_ptr():
             w = w.clone()
         # the three-term recurrence in place (Paige's order: β first, then α), single
-        # passes over (n, d) — batched matrix products of vectors are far slower on CPU
+        # passes over (n, d) — batched matrix products of vectors are several times slower on CPU
         if j > 0:
             w.addcmul_(q_prev, betas[active, j - 1].to(device, bdtype)[:, None], value=-1)
-        alpha = torch.linalg.vecdot(q, w)
+        alpha = _rowdot(q, w)
         w.addcmul_(q, alpha[:, None], value=-1)
         alpha64 = alpha.double().cpu()
         beta64 = torch.linalg.vector_norm(w, dim=-1).double().cpu()
@@ -188,7 +196,7 @@ def batched_lanczos(matvec: Callable[[Tensor, Tensor], Tensor], v0: Tensor, *, k
         b = beta64.clamp_min(1e-300)
         om_new = torch.zeros(n, max_iters + 1, dtype=torch.float64)
         om_new[:, j + 1] = 1.0
-        om_new[:, j] = torch.linalg.vecdot(q, w).double().cpu() / b
+        om_new[:, j] = _rowdot(q, w).double().cpu() / b
         if j > 0:
             a_, bt = alphas[active], betas[active]
             oc, op = om_cur[active], om_prev[active]
