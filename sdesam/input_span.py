@@ -16,7 +16,7 @@ inputs c_i = U_γᵀ a_i and first weight W U_γ (out, r) — because W a_i = (W
 exactly. The remaining out·(in − r) directions are eigenvectors of H_γ with eigenvalue 0.
 
 So the top eigenpairs of H_γ are found in d̃ coordinates with products through an
-r-input first layer: on the 784-784-10 MLP at B = 128, d̃ = 109,002 instead of
+r-input first layer: on the 784-784-10 MLP at B = 128, d̃ = 108,986 instead of
 d = 623,290, and the first layer's products (the bulk of a Hessian-vector product) are
 784/128 ≈ 6× smaller (``python -m benchmarks.causal`` measures both). Nothing is
 approximated: a vector's W-block outside span(U_γ) is in the null space of H_γ.
