@@ -14,17 +14,18 @@ Sec. 4.3) of the perturbation it used at the step before each record, with v₁ 
 step's minibatch Hessian (Lanczos), and each aligned SDE its eigen-gap and Lanczos
 residuals at every sub-step (``runs/*.json``, ``eigen_history``).
 
-The quick default (≈ 18 min in two single-threaded processes on 2 CPU cores, see
+The quick default (≈ 13 min in two single-threaded processes on 2 CPU cores, see
 ``docs/results/causal.md``): 200 steps (t = 2; Figure 2 runs 500), 5 seeds, K = 4
 minibatches per sub-step for every SDE (8 in Figure 2), Lanczos to relative residual
 1e-3 for λ₁ and λ₂ (at most 100 products), the full-batch eigenvector of the ideal
 Eigen-SAM taken on a fixed subset of 256 training examples, records every 25 steps, and
 the five dynamics the three questions need (SAM, Eigen-SAM, ideal Eigen-SAM, SAM-SDE3,
-Eq. 5); ``--dynamics`` adds Eq. 6 and the Eigen-SAM SDE (each ≈ 1.0 s and 0.45 s a step
-here). Run it as two processes on one ``--out``, each with ``--threads 1`` (torch
-otherwise takes every core in each process, and two processes then oversubscribe the
-cores, measured ≈ 3× slower), e.g. ``--only-seeds 0 1 2`` and ``--only-seeds 3 4``; the
-last to finish aggregates everything (or ``--collect``). Eigen-SAM
+Eq. 5); ``--dynamics`` adds Eq. 6 and the Eigen-SAM SDE (a step of Eq. 6 costs what
+one of Eq. 5 does, ≈ 0.45 s here, the Eigen-SAM SDE's ≈ 0.7 of that). Run it as two
+processes on one ``--out``, each with ``--threads 1`` (torch otherwise takes every core
+in each process, and two processes then oversubscribe the cores, measured ≈ 3× slower),
+e.g. ``--only-seeds 0 1 2`` and ``--only-seeds 3 4``; the last to finish aggregates
+everything (or ``--collect``). Eigen-SAM
 (Algorithm 2) uses α = 0.2, q = 5 and p = 10 (the paper's p = 100 would refresh twice in
 this horizon). ``summary.json`` counts, per aligned-SDE run, the sub-steps at which some
 minibatch's v₁ was not resolved (residual/gap > 0.1 or > 1: the bound on the angle to

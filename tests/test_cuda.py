@@ -83,3 +83,23 @@ def test_batched_lanczos_on_cuda_equals_the_cpu(reorthogonalize):
     assert torch.allclose(a.gap, b.gap.cpu(), rtol=1e-5, atol=1e-8)
     cos = torch.einsum("nd,nd->n", a.vector, b.vector.cpu()).abs()
     assert bool((cos > 1 - 1e-6).all())
+
+
+def test_input_span_eigenpairs_on_cuda_equal_the_cpu():
+    from sdesam.eigenpairs import minibatch_top_eigenpairs
+    from sdesam.input_span import InputSpanRows
+
+    from .problems import wide_mlp_problem
+    cpu = wide_mlp_problem()
+    gpu = wide_mlp_problem(device="cuda")
+    assert InputSpanRows.applies(gpu, gpu.batch_size)
+    batches = torch.tensor([[0, 3, 5], [1, 2, 9], [4, 6, 7]])
+    start = torch.randn(3, cpu.dim, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
+    kw = dict(method="lanczos", tol=1e-9, max_iters=cpu.dim, derivatives=True)
+    a = minibatch_top_eigenpairs(cpu, cpu.x0, batches, v0=start, **kw)
+    b = minibatch_top_eigenpairs(gpu, gpu.x0, batches.to(gpu.device), v0=start.to(gpu.device), **kw)
+    assert b.vector.device == gpu.device and b.value_gradient.device == gpu.device
+    assert torch.allclose(a.value, b.value.cpu(), rtol=1e-8, atol=1e-12)
+    cos = torch.einsum("nd,nd->n", a.vector, b.vector.cpu()).abs()
+    assert bool((cos > 1 - 1e-8).all())
+    assert torch.allclose(a.value_gradient, b.value_gradient.cpu(), rtol=0, atol=1e-8)     # even in v₁
