@@ -151,9 +151,9 @@ class InputSpanRows:
     def eigen_derivatives(self, Z: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(H̃_γ Z (N, d̃) in span coordinates, ∇³f_γ[E, E] (N, d)) for the directions
         E = expand(Z) given by their span coordinates Z (N, d̃) — at a top eigenvector v₁
-        the second is ∇λ₁(H_γ) — from
-        one order-2 jet per block in span coordinates (exact: f_γ(x) = f̃_γ(reduce(x)) for
-        every x, so the gradient of Eᵀ H_γ(x) E is the expansion of the reduced one).
+        the second is ∇λ₁(H_γ) — from one order-2 jet per block in span coordinates
+        (exact: f_γ(x) = f̃_γ(reduce(x)) for every x, so the gradient of Eᵀ H_γ(x) E is
+        the expansion of the reduced one).
         Rows where the bool mask ``keep`` (N,) is False get zeros: the derivatives of a
         direction in the null space (``top_pairs``' v₁ when θ₁ ≤ 0)."""
         if Z.shape != (self._x.shape[0], self.dim):
