@@ -25,11 +25,10 @@ one of Eq. 5 does, ≈ 0.45 s here, the Eigen-SAM SDE's ≈ 0.7 of that). Run it
 processes on one ``--out``, each with ``--threads 1`` (torch otherwise takes every core
 in each process, and two processes then oversubscribe the cores, measured ≈ 3× slower),
 e.g. ``--only-seeds 0 1 2`` and ``--only-seeds 3 4``; the last to finish aggregates
-everything (or ``--collect``). Eigen-SAM
-(Algorithm 2) uses α = 0.2, q = 5 and p = 10 (the paper's p = 100 would refresh twice in
-this horizon). ``summary.json`` counts, per aligned-SDE run, the sub-steps at which some
-minibatch's v₁ was not resolved (residual/gap > 0.1 or > 1: the bound on the angle to
-the exact v₁).
+everything (or ``--collect``). Eigen-SAM (Algorithm 2) uses α = 0.2, q = 5 and p = 10
+(the paper's p = 100 would refresh twice in this horizon). ``summary.json`` counts, per
+aligned-SDE run, the sub-steps at which some minibatch's v₁ was not resolved
+(residual/gap > 0.1 or > 1: the bound on the angle to the exact v₁).
 
 Outputs in ``--out`` (default ``runs/causal_mlp``): ``causal_mlp.png``/``.pdf`` (the six
 metrics + alignment), ``records.csv`` (tidy), ``discrepancy.md`` and ``summary.json``

@@ -108,18 +108,12 @@ def _batched_pairs(matvec, starts: Tensor, tol: float, max_iters: int, generator
     lam2 = r.eigenvalues[:, 1] if starts.shape[-1] > 1 else torch.full_like(lam1, -math.inf)
     t = None
     if span is not None:
-        if derivatives:     # the residual from the oracle's product, in span coordinates (an isometry)
-            keep = lam1 > 0
-            h, t = span.eigen_derivatives(vector, keep)
-            lam = lam1.to(vector.device, vector.dtype)[:, None]
-            residual = torch.linalg.vector_norm(h - lam * vector, dim=-1).double().cpu() * keep
-        lam1, vector, lam2, residual = span.top_pairs(vector, lam1, lam2, residual, generator)
+        lam1, vector, lam2, residual, t = span.top_pairs(vector, lam1, lam2, residual, generator, derivatives)
     shaped = lambda v: v.to(like.dtype).to(like.device).reshape(shape)   # noqa: E731
-    eig = TopEigenpairs(value=shaped(lam1), vector=vector.to(like.dtype).reshape(*shape, d),
-                        gap=shaped(lam1 - lam2), residual=shaped(residual), scale=shaped(r.scale),
-                        num_hvps=r.num_matvecs, method="lanczos",
-                        value_gradient=None if t is None else t.to(like.dtype).reshape(*shape, d))
-    return eig
+    return TopEigenpairs(value=shaped(lam1), vector=vector.to(like.dtype).reshape(*shape, d),
+                         gap=shaped(lam1 - lam2), residual=shaped(residual), scale=shaped(r.scale),
+                         num_hvps=r.num_matvecs, method="lanczos",
+                         value_gradient=None if t is None else t.to(like.dtype).reshape(*shape, d))
 
 
 def _resolve_method(method: str, d: int, max_dense_dim: int) -> str:

@@ -176,16 +176,24 @@ class InputSpanRows:
 
     # -- eigenpairs back in the full space -------------------------------------------
     def top_pairs(self, vectors: Tensor, lam1: Tensor, lam2: Tensor, residual: Tensor,
-                  generator: torch.Generator | None = None):
-        """(λ₁, v₁ (N, d), λ₂, residual) of H_γ from the top-2 Ritz pairs in the span:
-        vectors (N, d̃), lam1/lam2/residual (N,). H_γ's spectrum is the span's plus
-        ``null_dim`` ≥ 1 zeros, so λ₂ = max(θ₂, 0); a row whose θ₁ ≤ 0 has λ₁ = 0, v₁ a unit
-        vector of the null space (a Gaussian W-block minus its projection on the span),
-        residual 0, and λ₂ = 0 (or θ₁ when the null space is one-dimensional)."""
+                  generator: torch.Generator | None = None, derivatives: bool = False):
+        """(λ₁, v₁ (N, d), λ₂, residual, ∇λ₁ (N, d) or None) of H_γ from the top-2 Ritz pairs
+        in the span: vectors (N, d̃), lam1/lam2/residual (N,). H_γ's spectrum is the span's
+        plus ``null_dim`` ≥ 1 zeros, so λ₂ = max(θ₂, 0); a row whose θ₁ ≤ 0 has λ₁ = 0, v₁ a
+        unit vector of the null space (a Gaussian W-block minus its projection on the span),
+        residual 0, ∇λ₁ = 0, and λ₂ = 0 (or θ₁ when the null space is one-dimensional).
+        ``derivatives``: ∇λ₁ = ∇³f_γ[v₁, v₁] from ``eigen_derivatives``, and the residual
+        recomputed from its product H̃v₁ (in span coordinates: an isometry)."""
+        positive = lam1 > 0
+        t = None
+        if derivatives:
+            h, t = self.eigen_derivatives(vectors, positive)
+            lam = lam1.to(vectors.device, vectors.dtype)[:, None]
+            residual = torch.linalg.vector_norm(h - lam * vectors, dim=-1).double().cpu()
         v = self.expand(vectors)
         zero = torch.zeros_like(lam1)
         lam2 = torch.maximum(lam2, zero)
-        nonpositive = ~(lam1 > 0)
+        nonpositive = ~positive
         if bool(nonpositive.any()):
             rows = torch.nonzero(nonpositive.to(v.device)).flatten()
             gdev = generator.device if generator is not None else v.device
@@ -200,4 +208,4 @@ class InputSpanRows:
             lam2 = torch.where(nonpositive, zero if self.null_dim > 1 else lam1, lam2)
             lam1 = torch.where(nonpositive, zero, lam1)
             residual = torch.where(nonpositive, torch.zeros_like(residual), residual)
-        return lam1, v, lam2, residual
+        return lam1, v, lam2, residual, t

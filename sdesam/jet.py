@@ -41,6 +41,7 @@ makes ``SequentialJet.supports`` return False and the caller falls back to autog
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
@@ -441,8 +442,8 @@ class SequentialJet:
 
     def tail(self, start: int) -> "SequentialJet":
         """The same jet from layer ``start`` on (its inputs are layer ``start``'s inputs)."""
-        tail = object.__new__(SequentialJet)
-        tail._loss, tail._loss_jet, tail.layers = self._loss, self._loss_jet, self.layers[start:]
+        tail = copy.copy(self)
+        tail.layers = self.layers[start:]
         return tail
 
     def factorable_layers(self, batch_size: int) -> list[int]:

@@ -100,7 +100,7 @@ def test_a_nonpositive_top_ritz_value_gives_the_zero_eigenvalue_and_a_null_vecto
     lam1 = torch.tensor([-0.5, 2.0], dtype=torch.float64)
     lam2 = torch.tensor([-0.7, -1.0], dtype=torch.float64)
     res = torch.tensor([1e-3, 1e-3], dtype=torch.float64)
-    l1, v, l2, r = span.top_pairs(Z, lam1, lam2, res, torch.Generator().manual_seed(0))
+    l1, v, l2, r, _ = span.top_pairs(Z, lam1, lam2, res, torch.Generator().manual_seed(0))
     assert l1.tolist() == [0.0, 2.0] and l2.tolist() == [0.0, 0.0] and r.tolist() == [0.0, 1e-3]
     assert torch.linalg.vector_norm(v, dim=-1).sub(1).abs().max() < 1e-12
     assert (_hessian(p, x, batches[0]) @ v[0]).abs().max() < 1e-12
